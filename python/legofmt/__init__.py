@@ -1,0 +1,47 @@
+"""legofmt: block weight clustering for neural networks, and the ``.lgn`` file format.
+
+>>> import legofmt
+>>> report = legofmt.save(model, "model.lgn", k=256)          # doctest: +SKIP
+>>> state = legofmt.load("model.lgn")                           # doctest: +SKIP
+
+See the README for the method, its accuracy trade-offs and the format.
+"""
+
+from __future__ import annotations
+
+from ._api import SAVE_OPTIONS, LgnReader, LoadResult, info, load, load_into, open, save
+from ._legofmt import FORMAT_VERSION, __version__
+from ._report import FileInfo, SaveReport, TensorInfo, TensorReport
+from .errors import (
+    CancelledError,
+    ChecksumError,
+    FormatError,
+    InvalidArgumentError,
+    LgnError,
+    LgnIOError,
+    UnsupportedVersionError,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SAVE_OPTIONS",
+    "CancelledError",
+    "ChecksumError",
+    "FileInfo",
+    "FormatError",
+    "InvalidArgumentError",
+    "LgnError",
+    "LgnIOError",
+    "LgnReader",
+    "LoadResult",
+    "SaveReport",
+    "TensorInfo",
+    "TensorReport",
+    "UnsupportedVersionError",
+    "__version__",
+    "info",
+    "load",
+    "load_into",
+    "open",
+    "save",
+]

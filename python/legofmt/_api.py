@@ -1,0 +1,339 @@
+"""The public functions: save, load, load_into, open, info."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Union
+
+import numpy as np
+
+from . import _legofmt
+from ._dtypes import NP_DTYPES, np_bytes, np_name, require_torch, torch_bytes, torch_dtypes, torch_name
+from ._policy import decide
+from ._report import FileInfo, SaveReport, TensorInfo, TensorReport
+from .errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+Framework = Literal["pt", "np"]
+
+#: Options accepted by :func:`save` besides ``k``, ``block`` and ``seed``.
+SAVE_OPTIONS: dict[str, str] = {
+    "stages": "residual stages (1..16): each clusters what the previous ones left; default 1",
+    "scale": "'row' (default), 'tensor' or 'none': scaling before clustering",
+    "raw": "glob patterns of tensor names stored unchanged, e.g. ['*.bias', 'fc.*']",
+    "min_size": "tensors with fewer elements stay raw (default 0)",
+    "batch_size": "k-means mini-batch size",
+    "max_iter": "k-means iteration budget",
+    "metadata": "dict of str -> str stored in the file's __metadata__",
+    "progress": "show a progress bar (default: when stderr is a terminal)",
+}
+
+
+def _tensor_items(obj: Any) -> list[tuple[str, str, tuple[int, ...], np.ndarray[Any, Any]]]:
+    """(name, dtype name, shape, uint8 view) for a module, a dict of tensors or a dict of arrays."""
+    if hasattr(obj, "state_dict") and callable(obj.state_dict):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise InvalidArgumentError(
+            f"save() takes a torch.nn.Module or a dict of tensors/arrays, got {type(obj).__name__}"
+        )
+    items = []
+    for name, value in obj.items():
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"tensor names must be str, got {name!r}")
+        if isinstance(value, np.ndarray):
+            items.append((name, np_name(value), tuple(value.shape), np_bytes(value)))
+        elif type(value).__module__.startswith("torch") and hasattr(value, "dtype"):
+            items.append((name, torch_name(value), tuple(value.shape), torch_bytes(value)))
+        else:
+            raise InvalidArgumentError(
+                f"value of {name!r} is a {type(value).__name__}, not a torch.Tensor or numpy.ndarray"
+            )
+    return items
+
+
+def _progress_bar(enabled: bool | None) -> Callable[[str, int, int], None] | None:
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    state: dict[str, Any] = {"phase": None, "bar": None}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase != state["phase"]:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["phase"] = phase
+            state["bar"] = tqdm(total=total, desc=phase, leave=False, file=sys.stderr)
+        bar = state["bar"]
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    update.close = lambda: state["bar"] is not None and state["bar"].close()  # type: ignore[attr-defined]
+    return update
+
+
+def save(
+    obj: Any,
+    path: PathLike,
+    *,
+    k: int = 256,
+    block: tuple[int, int] = (4, 4),
+    seed: int = 0,
+    **options: Any,
+) -> SaveReport:
+    """Compresses ``obj`` (a ``torch.nn.Module``, a dict of torch tensors or of numpy arrays)
+    into the ``.lgn`` file ``path`` and returns a :class:`SaveReport`.
+
+    Every float tensor of rank >= 2 that covers at least one block is cut into ``block``-shaped
+    blocks, all blocks are clustered into one shared codebook of ``k`` codewords (2..65536),
+    and each block is stored as a ``ceil(log2 k)``-bit index. Other tensors are stored as they
+    are (see :mod:`legofmt._policy`). Options: see :data:`SAVE_OPTIONS`. The file is written
+    to a temporary file and renamed, so a failure never leaves a partial file.
+    """
+    unknown = sorted(set(options) - set(SAVE_OPTIONS))
+    if unknown:
+        raise InvalidArgumentError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(SAVE_OPTIONS)}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 65536:
+        raise InvalidArgumentError(f"k must be an int in 2..65536, got {k!r}")
+    if (
+        not isinstance(block, (tuple, list))
+        or len(block) != 2
+        or not all(isinstance(b, int) and 1 <= b <= 8 for b in block)
+    ):
+        raise InvalidArgumentError(f"block must be (height, width) with sides in 1..8, got {block!r}")
+    bh, bw = int(block[0]), int(block[1])
+    stages = options.get("stages", 1)
+    scale = options.get("scale", "row")
+    raw: Sequence[str] = options.get("raw", ())
+    if isinstance(raw, str):
+        raw = [raw]
+    min_size = int(options.get("min_size", 0))
+    items = _tensor_items(obj)
+    if not items:
+        raise InvalidArgumentError("nothing to save: the model or dict has no tensors")
+    decisions = [decide(n, d, s, block=(bh, bw), raw=raw, min_size=min_size) for n, d, s, _ in items]
+    tensors = [(n, d, list(s), data, 0 if dec.cluster else None) for (n, d, s, data), dec in zip(items, decisions)]
+    groups = [{"k": k, "block": (bh, bw), "stages": stages, "scale": scale}]
+    bar = _progress_bar(options.get("progress"))
+    try:
+        r = _legofmt.compress_to_file(
+            os.fspath(path),
+            tensors,
+            groups,
+            seed=seed,
+            batch_size=options.get("batch_size"),
+            max_iter=options.get("max_iter"),
+            metadata=options.get("metadata"),
+            progress=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()  # type: ignore[attr-defined]
+    reports = [
+        TensorReport(
+            name=t["name"],
+            dtype=t["dtype"],
+            shape=tuple(t["shape"]),
+            clustered=t["clustered"],
+            stored_bytes=t["stored_bytes"],
+            index_bits=t["index_bits"],
+            rel_mse=t["rel_mse"],
+            max_abs_err=t["max_abs_err"],
+            reason=dec.reason,
+        )
+        for t, dec in zip(r["tensors"], decisions)
+    ]
+    return SaveReport(
+        path=os.fspath(path),
+        file_bytes=r["file_bytes"],
+        fp32_bytes=r["fp32_bytes"],
+        source_bytes=r["source_bytes"],
+        numel=r["numel"],
+        seconds=r["seconds"],
+        tensors=reports,
+        codebooks=r["codebooks"],
+    )
+
+
+class LgnReader:
+    """A lazily decoding view of an ``.lgn`` (or plain safetensors) file.
+
+    Use as a context manager (like ``safetensors.safe_open``)::
+
+        with legofmt.open("model.lgn") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+
+    Only the header and the codebooks are read when opening; each :meth:`get_tensor` decodes
+    one tensor from the memory map.
+    """
+
+    def __init__(self, path: PathLike, framework: Framework = "pt", *, verify_checksums: bool = True):
+        if framework not in ("pt", "np", "numpy", "torch"):
+            raise InvalidArgumentError(f"framework must be 'pt' or 'np', got {framework!r}")
+        self.framework: Framework = "np" if framework in ("np", "numpy") else "pt"
+        if self.framework == "pt":
+            require_torch()
+        self.path = os.fspath(path)
+        self._r = _legofmt.Reader(self.path, verify_checksums)
+
+    def __enter__(self) -> LgnReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases the file."""
+        self._r.close()
+
+    def keys(self) -> list[str]:
+        """Tensor names in saved order."""
+        return self._r.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.keys()
+
+    def dtype_and_shape(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """The safetensors dtype name and shape of a tensor, without decoding it."""
+        dtype, shape = self._r.tensor_info(name)
+        return dtype, tuple(shape)
+
+    def get_tensor(self, name: str) -> Any:
+        """Decodes one tensor (``torch.Tensor`` or ``numpy.ndarray``, per ``framework``)."""
+        dtype, shape = self._r.tensor_info(name)
+        if self.framework == "np":
+            arr = np.empty(shape, dtype=NP_DTYPES[dtype])
+            self._r.decode_into(name, arr.reshape(-1).view(np.uint8))
+            return arr
+        import torch
+
+        t = torch.empty(shape, dtype=torch_dtypes()[dtype])
+        self._r.decode_into(name, t.reshape(-1).view(torch.uint8).numpy())
+        return t
+
+    def decode_into(self, name: str, out: Any) -> None:
+        """Decodes a tensor straight into ``out`` (a contiguous CPU tensor or array of the
+        tensor's dtype and shape), without an intermediate copy."""
+        dtype, shape = self.dtype_and_shape(name)
+        if isinstance(out, np.ndarray):
+            if tuple(out.shape) != shape or np_name(out) != dtype or not out.flags.c_contiguous:
+                raise InvalidArgumentError(f"output for {name!r} must be a contiguous {dtype} array of shape {shape}")
+            self._r.decode_into(name, out.reshape(-1).view(np.uint8))
+            return
+        import torch
+
+        if tuple(out.shape) != shape or out.dtype != torch_dtypes()[dtype] or out.device.type != "cpu" or not out.is_contiguous():
+            raise InvalidArgumentError(f"output for {name!r} must be a contiguous CPU {dtype} tensor of shape {shape}")
+        self._r.decode_into(name, out.reshape(-1).view(torch.uint8).numpy())
+
+    def tensors(self) -> Iterator[tuple[str, Any]]:
+        """Yields ``(name, tensor)`` one at a time, decoding lazily."""
+        for name in self.keys():
+            yield name, self.get_tensor(name)
+
+    def metadata(self) -> dict[str, str]:
+        """The user metadata stored with :func:`save` (``metadata=``)."""
+        return self._r.metadata()
+
+    def info(self) -> FileInfo:
+        """See :func:`legofmt.info`."""
+        d = self._r.info()
+        return FileInfo(
+            path=d["path"],
+            file_bytes=d["file_bytes"],
+            version=d["version"],
+            tensors=[
+                TensorInfo(
+                    name=t["name"],
+                    dtype=t["dtype"],
+                    shape=tuple(t["shape"]),
+                    encoding=t["encoding"],
+                    stored_bytes=t["stored_bytes"],
+                    index_bits=t["index_bits"],
+                    block=tuple(t["block"]) if t["block"] else None,
+                    scale=t["scale"],
+                    codebooks=tuple(t["codebooks"]),
+                )
+                for t in d["tensors"]
+            ],
+            codebooks=d["codebooks"],
+            metadata=self._r.metadata(),
+        )
+
+    def verify(self) -> None:
+        """Checks every checksum and every index; raises a :class:`legofmt.FormatError` subclass."""
+        self._r.verify()
+
+
+def open(path: PathLike, framework: Framework = "pt", *, verify_checksums: bool = True) -> LgnReader:  # noqa: A001
+    """Opens a file for lazy, tensor-by-tensor decoding. See :class:`LgnReader`."""
+    return LgnReader(path, framework, verify_checksums=verify_checksums)
+
+
+def load(path: PathLike, *, framework: Framework = "pt") -> dict[str, Any]:
+    """Decodes every tensor: ``dict[str, torch.Tensor]`` with the original names, shapes and
+    dtypes (``framework="np"`` gives NumPy arrays; BF16 then comes as raw uint16 bits)."""
+    with open(path, framework) as f:
+        return dict(f.tensors())
+
+
+class LoadResult(NamedTuple):
+    """Keys that did not match, like ``torch.nn.Module.load_state_dict`` returns."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def load_into(model: torch.nn.Module, path: PathLike, strict: bool = True) -> LoadResult:
+    """Loads a file into ``model``'s parameters and buffers, tensor by tensor, decoding
+    straight into their memory where dtype, device and layout allow (no second copy of the
+    model). With ``strict`` every key must match, as in ``load_state_dict``."""
+    import torch
+
+    state = model.state_dict(keep_vars=True)
+    with open(path, "pt") as f:
+        names = f.keys()
+        missing = [k for k in state if k not in set(names)]
+        unexpected = [k for k in names if k not in state]
+        if strict and (missing or unexpected):
+            raise InvalidArgumentError(
+                f"{os.fspath(path)} does not match the model: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        with torch.no_grad():
+            for name in names:
+                if name not in state:
+                    continue
+                target = state[name].data if isinstance(state[name], torch.nn.Parameter) else state[name]
+                dtype, shape = f.dtype_and_shape(name)
+                if tuple(target.shape) != shape:
+                    raise InvalidArgumentError(
+                        f"tensor {name!r} has shape {shape} in the file but {tuple(target.shape)} in the model"
+                    )
+                if target.dtype == torch_dtypes()[dtype] and target.device.type == "cpu" and target.is_contiguous():
+                    f.decode_into(name, target)
+                else:
+                    target.copy_(f.get_tensor(name))
+    return LoadResult(missing, unexpected)
+
+
+def info(path: PathLike) -> FileInfo:
+    """Describes a file: per tensor raw or clustered, bits and bytes, and the file's ratio
+    against fp32 and against the source dtypes (every byte of the file counted)."""
+    with open(path, "np") as f:
+        return f.info()

@@ -1,0 +1,459 @@
+//! Python bindings of legofmt: the module `legofmt._legofmt`.
+//!
+//! The Python package (`python/legofmt`) wraps these functions; users do not call them
+//! directly. Arrays cross as NumPy `uint8` views of the tensors' bytes, without copies; the
+//! GIL is released around all heavy work; every core error becomes an instance of a subclass
+//! of `legofmt.LgnError` (defined in `legofmt/errors.py`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, RwLock};
+
+use legofmt::blocks::BlockShape;
+use legofmt::compress::{self, CompressOptions, Event, GroupSpec, Report, TensorInput};
+use legofmt::dtype::Dtype;
+use legofmt::format::reader::{Layout, LgnFile};
+use legofmt::format::writer::{self, Piece};
+use legofmt::scale::ScaleMode;
+use legofmt::LgnError;
+use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+/// Builds the Python exception for a core error, using the classes of `legofmt.errors`.
+fn to_py(err: LgnError) -> PyErr {
+    Python::attach(|py| {
+        let class = match &err {
+            LgnError::InvalidArgument { .. } => "InvalidArgumentError",
+            LgnError::Format { .. } => "FormatError",
+            LgnError::Checksum { .. } => "ChecksumError",
+            LgnError::UnsupportedVersion { .. } => "UnsupportedVersionError",
+            LgnError::Io { .. } => "LgnIOError",
+            LgnError::Cancelled => "CancelledError",
+            _ => "LgnError",
+        };
+        let msg = err.to_string();
+        match py
+            .import("legofmt.errors")
+            .and_then(|m| m.getattr(class))
+            .and_then(|c| c.call1((msg.clone(),)))
+        {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(e) => e,
+        }
+    })
+}
+
+fn invalid(name: &'static str, message: impl Into<String>) -> PyErr {
+    to_py(LgnError::invalid(name, message))
+}
+
+/// A Python progress callback plus the first exception it raised (re-raised afterwards).
+struct Callback {
+    func: Option<Py<PyAny>>,
+    error: Mutex<Option<PyErr>>,
+}
+
+impl Callback {
+    /// Calls the Python callback (and checks for Ctrl-C); false stops the work.
+    fn call(&self, e: &Event) -> bool {
+        Python::attach(|py| {
+            let r = py.check_signals().and_then(|_| match &self.func {
+                Some(f) => f.call1(py, (e.phase.as_str(), e.done, e.total)).map(|_| ()),
+                None => Ok(()),
+            });
+            match r {
+                Ok(()) => true,
+                Err(err) => {
+                    let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(err);
+                    false
+                }
+            }
+        })
+    }
+
+    fn finish<T>(&self, r: Result<T, LgnError>) -> PyResult<T> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(LgnError::Cancelled) => {
+                let stored = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Err(stored.unwrap_or_else(|| to_py(LgnError::Cancelled)))
+            }
+            Err(e) => Err(to_py(e)),
+        }
+    }
+}
+
+fn parse_group(g: &Bound<'_, PyDict>) -> PyResult<GroupSpec> {
+    let get = |key: &str| -> PyResult<Bound<'_, PyAny>> {
+        g.get_item(key)?
+            .ok_or_else(|| invalid("groups", format!("group is missing `{key}`")))
+    };
+    let k: usize = get("k")?.extract()?;
+    let (bh, bw): (usize, usize) = get("block")?.extract()?;
+    let stages: usize = get("stages")?.extract()?;
+    let scale: String = get("scale")?.extract()?;
+    Ok(GroupSpec {
+        k,
+        block: BlockShape::new(bh, bw).map_err(to_py)?,
+        stages,
+        scale: ScaleMode::parse(&scale).map_err(to_py)?,
+    })
+}
+
+fn report_to_dict<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("file_bytes", r.file_bytes)?;
+    d.set_item("fp32_bytes", r.fp32_bytes)?;
+    d.set_item("source_bytes", r.source_bytes)?;
+    d.set_item("numel", r.numel)?;
+    d.set_item("seconds", r.seconds)?;
+    let tensors = PyList::empty(py);
+    for t in &r.tensors {
+        let e = PyDict::new(py);
+        e.set_item("name", &t.name)?;
+        e.set_item("dtype", t.dtype.name())?;
+        e.set_item("shape", t.shape.clone())?;
+        e.set_item("clustered", t.clustered)?;
+        e.set_item("stored_bytes", t.stored_bytes)?;
+        e.set_item("index_bits", t.index_bits)?;
+        e.set_item("rel_mse", t.rel_mse)?;
+        e.set_item("max_abs_err", t.max_abs_err)?;
+        tensors.append(e)?;
+    }
+    d.set_item("tensors", tensors)?;
+    let cbs = PyList::empty(py);
+    for &(g, s, k, bits, b) in &r.codebooks {
+        let e = PyDict::new(py);
+        e.set_item("group", g)?;
+        e.set_item("stage", s)?;
+        e.set_item("k", k)?;
+        e.set_item("bits", bits)?;
+        e.set_item("block", (b.bh, b.bw))?;
+        cbs.append(e)?;
+    }
+    d.set_item("codebooks", cbs)?;
+    Ok(d)
+}
+
+/// One tensor passed to `compress_to_file`: name, dtype, shape, bytes, group index.
+type TensorArg<'py> = (
+    String,
+    String,
+    Vec<usize>,
+    PyReadonlyArray1<'py, u8>,
+    Option<usize>,
+);
+
+/// Compresses tensors and writes `path` atomically. See `legofmt.save` for the meaning.
+///
+/// `tensors`: list of `(name, dtype, shape, data, group)` where `data` is a 1-D uint8 view of
+/// the tensor's bytes and `group` an index into `groups` or None (stored raw).
+#[pyfunction]
+#[pyo3(signature = (path, tensors, groups, seed=0, batch_size=None, max_iter=None, metadata=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn compress_to_file<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    tensors: Vec<TensorArg<'py>>,
+    groups: Vec<Bound<'py, PyDict>>,
+    seed: u64,
+    batch_size: Option<usize>,
+    max_iter: Option<usize>,
+    metadata: Option<BTreeMap<String, String>>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let groups = groups
+        .iter()
+        .map(parse_group)
+        .collect::<PyResult<Vec<_>>>()?;
+    let mut inputs = Vec::with_capacity(tensors.len());
+    for (name, dtype, shape, data, group) in &tensors {
+        let dtype = Dtype::parse(dtype).map_err(to_py)?;
+        let data = data
+            .as_slice()
+            .map_err(|_| invalid("tensors", format!("data of `{name}` is not contiguous")))?;
+        inputs.push(TensorInput {
+            name: name.clone(),
+            dtype,
+            shape: shape.clone(),
+            data,
+            group: *group,
+        });
+    }
+    let opts = CompressOptions {
+        groups,
+        seed,
+        batch_size,
+        max_iter,
+        metadata: metadata.unwrap_or_default(),
+    };
+    let cb = Callback {
+        func: progress,
+        error: Mutex::new(None),
+    };
+    let result = py.detach(|| {
+        let f = |e: &Event| cb.call(e);
+        compress::compress_to_file(&inputs, &opts, &path, &f)
+    });
+    let report = cb.finish(result)?;
+    report_to_dict(py, &report)
+}
+
+/// An open `.lgn` or safetensors file (memory-mapped).
+#[pyclass(module = "legofmt._legofmt", frozen)]
+struct Reader {
+    file: RwLock<Option<LgnFile>>,
+    path: PathBuf,
+}
+
+impl Reader {
+    fn with<T>(&self, f: impl FnOnce(&LgnFile) -> PyResult<T>) -> PyResult<T> {
+        let g = self.file.read().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            Some(file) => f(file),
+            None => Err(invalid(
+                "file",
+                format!("{} is closed", self.path.display()),
+            )),
+        }
+    }
+}
+
+#[pymethods]
+impl Reader {
+    #[new]
+    #[pyo3(signature = (path, verify_checksums=true))]
+    fn new(py: Python<'_>, path: PathBuf, verify_checksums: bool) -> PyResult<Self> {
+        let p = path.clone();
+        let mut file = py.detach(|| LgnFile::open(&p)).map_err(to_py)?;
+        file.set_verify_checksums(verify_checksums);
+        Ok(Reader {
+            file: RwLock::new(Some(file)),
+            path,
+        })
+    }
+
+    /// Names of the original tensors, in saved order.
+    fn keys(&self) -> PyResult<Vec<String>> {
+        self.with(|f| Ok(f.tensors().iter().map(|t| t.name.clone()).collect()))
+    }
+
+    /// `(dtype, shape)` of an original tensor.
+    fn tensor_info(&self, name: &str) -> PyResult<(String, Vec<usize>)> {
+        self.with(|f| {
+            let t = f.tensor(name).ok_or_else(|| {
+                invalid(
+                    "name",
+                    format!("no tensor named `{name}` in {}", self.path.display()),
+                )
+            })?;
+            Ok((t.dtype.name().to_string(), t.shape.clone()))
+        })
+    }
+
+    /// Decodes tensor `name` into `out`, a writable contiguous uint8 array of its byte size.
+    fn decode_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        mut out: PyReadwriteArray1<'_, u8>,
+    ) -> PyResult<()> {
+        let buf = out
+            .as_slice_mut()
+            .map_err(|_| invalid("out", "output array must be contiguous"))?;
+        self.with(|f| py.detach(|| f.decode_into(name, buf)).map_err(to_py))
+    }
+
+    /// Decodes tensor `name` into a new uint8 array.
+    fn decode<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        let bytes = self.with(|f| py.detach(|| f.decode(name)).map_err(to_py))?;
+        Ok(PyArray1::from_vec(py, bytes))
+    }
+
+    /// Checks every checksum and index of the file.
+    fn verify(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(|f| py.detach(|| f.verify()).map_err(to_py))
+    }
+
+    /// User metadata.
+    fn metadata(&self) -> PyResult<BTreeMap<String, String>> {
+        self.with(|f| Ok(f.user_metadata()))
+    }
+
+    /// A description of the file (see `legofmt.info`).
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.with(|f| {
+            let d = PyDict::new(py);
+            d.set_item("path", self.path.display().to_string())?;
+            d.set_item("file_bytes", f.file_len())?;
+            d.set_item("version", f.version().map(|(a, b)| format!("{a}.{b}")))?;
+            let stored = f.stored();
+            let tensors = PyList::empty(py);
+            for t in f.tensors() {
+                let e = PyDict::new(py);
+                e.set_item("name", &t.name)?;
+                e.set_item("dtype", t.dtype.name())?;
+                e.set_item("shape", t.shape.clone())?;
+                match &t.layout {
+                    Layout::Raw { stored: i } => {
+                        e.set_item("encoding", "raw")?;
+                        e.set_item("stored_bytes", stored[*i].end - stored[*i].begin)?;
+                        e.set_item("index_bits", 0)?;
+                        e.set_item("block", py.None())?;
+                        e.set_item("scale", py.None())?;
+                        e.set_item("codebooks", PyList::empty(py))?;
+                    }
+                    Layout::Clustered {
+                        grid,
+                        stages,
+                        scale,
+                    } => {
+                        e.set_item("encoding", "clustered")?;
+                        let mut bytes = 0usize;
+                        let mut bits = 0u32;
+                        for &(ci, si) in stages {
+                            bytes += stored[si].end - stored[si].begin;
+                            bits += f.codebooks()[ci].bits;
+                        }
+                        if let Some((_, si)) = scale {
+                            bytes += stored[*si].end - stored[*si].begin;
+                        }
+                        e.set_item("stored_bytes", bytes)?;
+                        e.set_item("index_bits", bits)?;
+                        e.set_item("block", (grid.block.bh, grid.block.bw))?;
+                        e.set_item("scale", scale.map(|(m, _)| m.name()))?;
+                        e.set_item("codebooks", stages.iter().map(|s| s.0).collect::<Vec<_>>())?;
+                    }
+                }
+                tensors.append(e)?;
+            }
+            d.set_item("tensors", tensors)?;
+            let cbs = PyList::empty(py);
+            for c in f.codebooks() {
+                let e = PyDict::new(py);
+                e.set_item("k", c.k)?;
+                e.set_item("bits", c.bits)?;
+                e.set_item("block", (c.block.bh, c.block.bw))?;
+                e.set_item(
+                    "stored_bytes",
+                    stored[c.stored].end - stored[c.stored].begin,
+                )?;
+                cbs.append(e)?;
+            }
+            d.set_item("codebooks", cbs)?;
+            Ok(d)
+        })
+    }
+
+    /// Releases the memory map; later calls raise.
+    fn close(&self) {
+        self.file.write().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// True once closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.file
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+}
+
+/// Writes a plain safetensors file atomically (used by `legofmt decompress`).
+#[pyfunction]
+#[pyo3(signature = (path, tensors, metadata=None))]
+fn write_safetensors<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    tensors: Vec<(String, String, Vec<usize>, PyReadonlyArray1<'py, u8>)>,
+    metadata: Option<BTreeMap<String, String>>,
+) -> PyResult<u64> {
+    let mut pieces = Vec::with_capacity(tensors.len());
+    for (name, dtype, shape, data) in &tensors {
+        let dtype = Dtype::parse(dtype).map_err(to_py)?;
+        let data = data
+            .as_slice()
+            .map_err(|_| invalid("tensors", format!("data of `{name}` is not contiguous")))?;
+        pieces.push(Piece {
+            name: name.clone(),
+            dtype,
+            shape: shape.clone(),
+            data: Cow::Borrowed(data),
+            pad_to_8: false,
+        });
+    }
+    // Larger elements first keeps every tensor aligned to its element size.
+    pieces.sort_by_key(|p| std::cmp::Reverse(p.dtype.size()));
+    let md = metadata.unwrap_or_default();
+    py.detach(|| writer::write_file(&path, pieces, None, &md))
+        .map_err(to_py)
+}
+
+/// Bits needed for indices of a codebook of `k` entries.
+#[pyfunction]
+fn bits_for_k(k: usize) -> u32 {
+    legofmt::bitpack::bits_for_k(k)
+}
+
+/// Packs indices (for tests and tools).
+#[pyfunction]
+fn pack_indices<'py>(
+    py: Python<'py>,
+    indices: Vec<u32>,
+    bits: u32,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let v = legofmt::bitpack::pack(&indices, bits).map_err(to_py)?;
+    Ok(PyArray1::from_vec(py, v))
+}
+
+/// Unpacks `n` indices.
+#[pyfunction]
+fn unpack_indices<'py>(
+    py: Python<'py>,
+    packed: PyReadonlyArray1<'py, u8>,
+    bits: u32,
+    n: usize,
+) -> PyResult<Bound<'py, PyArray1<u32>>> {
+    if !(1..=16).contains(&bits) {
+        return Err(invalid("bits", format!("must be in 1..=16, got {bits}")));
+    }
+    let p = packed
+        .as_slice()
+        .map_err(|_| invalid("packed", "must be contiguous"))?;
+    let need = legofmt::bitpack::packed_len(n, bits).unwrap_or(usize::MAX);
+    if p.len() < need {
+        return Err(invalid(
+            "packed",
+            format!(
+                "{n} indices of {bits} bits need {need} bytes, got {}",
+                p.len()
+            ),
+        ));
+    }
+    Ok(PyArray1::from_vec(py, legofmt::bitpack::unpack(p, bits, n)))
+}
+
+/// The native module.
+#[pymodule]
+fn _legofmt(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(compress_to_file, m)?)?;
+    m.add_function(wrap_pyfunction!(bits_for_k, m)?)?;
+    m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_indices, m)?)?;
+    m.add_class::<Reader>()?;
+    m.add(
+        "FORMAT_VERSION",
+        format!(
+            "{}.{}",
+            legofmt::format::manifest::FORMAT_MAJOR,
+            legofmt::format::manifest::FORMAT_MINOR
+        ),
+    )?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

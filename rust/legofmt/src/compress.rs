@@ -1,0 +1,659 @@
+//! The compression pipeline: scale, tile, cluster (with residual stages), pack, lay out.
+//!
+//! Which tensors are clustered, and into which codebook group, is decided by the caller (the
+//! Python policy layer or a Rust program): each [`TensorInput`] names its group or `None` to be
+//! stored raw. Each group has its own codebooks (one per residual stage), block shape, k and
+//! scale mode; all tensors of a group share them (one codebook for the whole network when
+//! there is a single group, as in LegoNet).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use crate::bitpack;
+use crate::blocks::{extract, BlockShape, Grid};
+use crate::dtype::{float_bytes_to_f32, Dtype};
+use crate::error::{LgnError, Result};
+use crate::format::decode::{decode_rows, StageParts};
+use crate::format::manifest::{
+    self, CodebookEntry, Encoding, Manifest, ScaleEntry, StageEntry, TensorEntry, MAX_STAGES,
+};
+use crate::format::writer::{self, Piece};
+use crate::kmeans::{self, KMeansParams, Progress as KProgress};
+use crate::scale::{self, ScaleMode, Scales};
+
+/// Largest accepted k.
+pub const MAX_K: usize = 65536;
+
+/// The clustering settings of one codebook group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSpec {
+    /// Codewords per codebook, 2..=65536 (fewer are used when the group has fewer distinct blocks).
+    pub k: usize,
+    /// Block shape.
+    pub block: BlockShape,
+    /// Residual stages, 1..=16: stage `s` clusters what stages `0..s` left.
+    pub stages: usize,
+    /// Scaling before clustering.
+    pub scale: ScaleMode,
+}
+
+impl GroupSpec {
+    /// Checks the ranges.
+    pub fn check(&self) -> Result<()> {
+        if !(2..=MAX_K).contains(&self.k) {
+            return Err(LgnError::invalid(
+                "k",
+                format!("must be in 2..={MAX_K}, got {}", self.k),
+            ));
+        }
+        if !(1..=MAX_STAGES).contains(&self.stages) {
+            return Err(LgnError::invalid(
+                "stages",
+                format!("must be in 1..={MAX_STAGES}, got {}", self.stages),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One tensor to save.
+#[derive(Debug, Clone)]
+pub struct TensorInput<'a> {
+    /// Name (unique; must not start with `lgn.` nor contain `.lgn.`, which are reserved).
+    pub name: String,
+    /// Element type of `data`.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Little-endian, row-major bytes.
+    pub data: &'a [u8],
+    /// Codebook group to cluster into, or `None` to store raw.
+    pub group: Option<usize>,
+}
+
+/// Options of a compression run.
+#[derive(Debug, Clone, Default)]
+pub struct CompressOptions {
+    /// Codebook groups referenced by [`TensorInput::group`].
+    pub groups: Vec<GroupSpec>,
+    /// Seed of every random choice (sampling, initialisation).
+    pub seed: u64,
+    /// Overrides the k-means mini-batch size.
+    pub batch_size: Option<usize>,
+    /// Overrides the k-means iteration budget.
+    pub max_iter: Option<usize>,
+    /// Extra `__metadata__` entries (keys must not start with `lgn.`).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A progress event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// What is happening (`"prepare"`, `"cluster g0 s1"`, `"pack"`, ...).
+    pub phase: String,
+    /// Units done.
+    pub done: usize,
+    /// Units in this phase.
+    pub total: usize,
+}
+
+/// A progress callback: return `false` to cancel.
+pub type ProgressFn<'a> = &'a (dyn Fn(&Event) -> bool + Sync);
+
+/// What happened to one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorReport {
+    /// Name.
+    pub name: String,
+    /// Original dtype.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Whether the tensor was clustered (else raw).
+    pub clustered: bool,
+    /// Bytes stored for this tensor (indices, scales or raw data; shared codebooks excluded).
+    pub stored_bytes: u64,
+    /// Index bits per block summed over stages (0 for raw).
+    pub index_bits: u32,
+    /// `sum((x - x')^2) / sum(x^2)` of the decoded tensor (0 for raw; 0 for an all-zero tensor decoded exactly).
+    pub rel_mse: f64,
+    /// Largest absolute error.
+    pub max_abs_err: f64,
+}
+
+/// The outcome of a compression run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Per tensor, in input order.
+    pub tensors: Vec<TensorReport>,
+    /// Per codebook: (group, stage, k used, bits, block).
+    pub codebooks: Vec<(usize, usize, usize, u32, BlockShape)>,
+    /// Size of the whole file in bytes.
+    pub file_bytes: u64,
+    /// Bytes of all tensors as fp32.
+    pub fp32_bytes: u64,
+    /// Bytes of all tensors in their source dtypes.
+    pub source_bytes: u64,
+    /// Number of weights (elements of all tensors).
+    pub numel: u64,
+    /// Seconds spent compressing (excluding writing).
+    pub seconds: f64,
+}
+
+impl Report {
+    /// `fp32_bytes / file_bytes`.
+    pub fn ratio_fp32(&self) -> f64 {
+        self.fp32_bytes as f64 / self.file_bytes.max(1) as f64
+    }
+    /// `source_bytes / file_bytes`.
+    pub fn ratio_source(&self) -> f64 {
+        self.source_bytes as f64 / self.file_bytes.max(1) as f64
+    }
+    /// File bits per weight.
+    pub fn bits_per_weight(&self) -> f64 {
+        self.file_bytes as f64 * 8.0 / self.numel.max(1) as f64
+    }
+}
+
+/// A compressed model, ready to be written.
+pub struct Compressed<'a> {
+    pieces: Vec<Piece<'a>>,
+    manifest: Manifest,
+    metadata: BTreeMap<String, String>,
+    report: Report,
+}
+
+impl<'a> Compressed<'a> {
+    /// Writes the file atomically and returns the report.
+    pub fn write(mut self, path: &Path) -> Result<Report> {
+        let n = writer::write_file(path, self.pieces, Some(&mut self.manifest), &self.metadata)?;
+        self.report.file_bytes = n;
+        Ok(self.report)
+    }
+
+    /// Serialises into memory.
+    pub fn to_bytes(mut self) -> Result<(Vec<u8>, Report)> {
+        let b = writer::to_bytes(self.pieces, Some(&mut self.manifest), &self.metadata)?;
+        self.report.file_bytes = b.len() as u64;
+        Ok((b, self.report))
+    }
+}
+
+fn reserved(name: &str) -> bool {
+    name.starts_with(manifest::RESERVED_PREFIX) || name.contains(".lgn.")
+}
+
+fn validate_inputs(inputs: &[TensorInput<'_>], opts: &CompressOptions) -> Result<()> {
+    for g in &opts.groups {
+        g.check()?;
+    }
+    let mut seen = HashSet::new();
+    for t in inputs {
+        if t.name.is_empty() || reserved(&t.name) {
+            return Err(LgnError::invalid(
+                "name",
+                format!("tensor name `{}` is empty or reserved (names starting with `lgn.` or containing `.lgn.` are used by the format)", t.name),
+            ));
+        }
+        if !seen.insert(t.name.as_str()) {
+            return Err(LgnError::invalid(
+                "name",
+                format!("tensor `{}` appears twice", t.name),
+            ));
+        }
+        let nbytes = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.size(), |a, &d| a.checked_mul(d));
+        if nbytes != Some(t.data.len()) {
+            return Err(LgnError::invalid(
+                "data",
+                format!(
+                    "tensor `{}`: {} bytes given for {} {:?}",
+                    t.name,
+                    t.data.len(),
+                    t.dtype,
+                    t.shape
+                ),
+            ));
+        }
+        if let Some(g) = t.group {
+            let spec = opts.groups.get(g).ok_or_else(|| {
+                LgnError::invalid(
+                    "group",
+                    format!("tensor `{}` names group {g}, which does not exist", t.name),
+                )
+            })?;
+            if !t.dtype.is_clusterable() {
+                return Err(LgnError::invalid(
+                    "group",
+                    format!(
+                        "tensor `{}` is {}; only F32/F16/BF16 can be clustered",
+                        t.name, t.dtype
+                    ),
+                ));
+            }
+            Grid::new(&t.shape, spec.block)
+                .map_err(|e| LgnError::invalid("group", format!("tensor `{}`: {e}", t.name)))?;
+        }
+    }
+    Ok(())
+}
+
+fn to_f32(t: &TensorInput<'_>) -> Vec<f32> {
+    let mut v = vec![0f32; t.data.len() / t.dtype.size()];
+    float_bytes_to_f32(t.dtype, t.data, &mut v);
+    v
+}
+
+/// One clustered tensor while it is being built.
+struct Member {
+    input: usize,
+    grid: Grid,
+    scales: Option<Scales>,
+    first_block: usize,
+}
+
+/// Result of clustering one stage of one group.
+struct StageResult {
+    centroids: Vec<f32>,
+    k: usize,
+    assignments: Vec<u32>,
+}
+
+/// Clusters `data` (`n x dim`) into at most `k` codewords. When the data has at most `k`
+/// distinct blocks, the codebook is exactly those blocks (lossless).
+fn cluster(
+    data: &[f32],
+    dim: usize,
+    k: usize,
+    seed: u64,
+    opts: &CompressOptions,
+    phase: &str,
+    progress: ProgressFn<'_>,
+) -> Result<StageResult> {
+    let n = data.len() / dim;
+    // Distinct blocks, stopping as soon as there are more than k.
+    let mut distinct: HashMap<&[u32], u32> = HashMap::new();
+    let bits: &[u32] = bytemuck::cast_slice(data);
+    let mut exact = true;
+    for b in 0..n {
+        let key = &bits[b * dim..(b + 1) * dim];
+        let len = distinct.len() as u32;
+        distinct.entry(key).or_insert(len);
+        if distinct.len() > k {
+            exact = false;
+            break;
+        }
+    }
+    if exact {
+        let kk = distinct.len().max(2);
+        let mut centroids = vec![0f32; kk * dim];
+        for (key, &i) in &distinct {
+            for (c, &v) in centroids[i as usize * dim..(i as usize + 1) * dim]
+                .iter_mut()
+                .zip(key.iter())
+            {
+                *c = f32::from_bits(v);
+            }
+        }
+        let assignments = (0..n)
+            .map(|b| distinct[&bits[b * dim..(b + 1) * dim]])
+            .collect();
+        return Ok(StageResult {
+            centroids,
+            k: kk,
+            assignments,
+        });
+    }
+    drop(distinct);
+    let mut p = KMeansParams::new(k);
+    p.seed = seed;
+    if let Some(b) = opts.batch_size {
+        p.batch_size = b;
+    }
+    if let Some(m) = opts.max_iter {
+        p.max_iter = m;
+    }
+    let valid = p.check(n, dim)?;
+    let cb = |kp: &KProgress| {
+        progress(&Event {
+            phase: format!("{phase} {:?}", kp.stage).to_lowercase(),
+            done: kp.done,
+            total: kp.total,
+        })
+    };
+    let r = kmeans::fit(data, dim, &valid, &cb)?;
+    Ok(StageResult {
+        centroids: r.centroids,
+        k,
+        assignments: r.assignments,
+    })
+}
+
+/// A clustered tensor before layout: stage codebook ids, packed indices per stage, scales, grid.
+type Encoded = (Vec<usize>, Vec<Vec<u8>>, Option<Scales>, Grid);
+
+/// Runs the pipeline over `inputs` (borrowed; raw tensors are written from them without copies).
+pub fn compress<'a>(
+    inputs: &[TensorInput<'a>],
+    opts: &CompressOptions,
+    progress: ProgressFn<'_>,
+) -> Result<Compressed<'a>> {
+    let t0 = Instant::now();
+    validate_inputs(inputs, opts)?;
+    let cancelled = |e: &Event| {
+        if progress(e) {
+            Ok(())
+        } else {
+            Err(LgnError::Cancelled)
+        }
+    };
+
+    let mut manifest = Manifest {
+        codebooks: Vec::new(),
+        tensors: Vec::new(),
+        crc32: BTreeMap::new(),
+    };
+    let mut codebook_pieces: Vec<Piece<'a>> = Vec::new();
+    let mut clustered: HashMap<usize, Encoded> = HashMap::new();
+    let mut report_cb = Vec::new();
+
+    for (gi, spec) in opts.groups.iter().enumerate() {
+        let member_inputs: Vec<usize> = (0..inputs.len())
+            .filter(|&i| inputs[i].group == Some(gi))
+            .collect();
+        if member_inputs.is_empty() {
+            continue;
+        }
+        let dim = spec.block.dim();
+        let mut members = Vec::with_capacity(member_inputs.len());
+        let mut n_blocks = 0usize;
+        for &i in &member_inputs {
+            let grid = Grid::new(&inputs[i].shape, spec.block)?;
+            members.push(Member {
+                input: i,
+                grid,
+                scales: None,
+                first_block: n_blocks,
+            });
+            n_blocks += grid.n_blocks();
+        }
+        let mut data = vec![0f32; n_blocks * dim];
+        for (mi, m) in members.iter_mut().enumerate() {
+            let t = &inputs[m.input];
+            cancelled(&Event {
+                phase: format!("prepare g{gi}"),
+                done: mi,
+                total: member_inputs.len(),
+            })?;
+            let x = to_f32(t);
+            if let Some(p) = x.iter().position(|v| !v.is_finite()) {
+                return Err(LgnError::invalid(
+                    "data",
+                    format!(
+                        "tensor `{}` has a non-finite value at element {p}; store it raw",
+                        t.name
+                    ),
+                ));
+            }
+            m.scales = scale::compute(&x, m.grid.rows, m.grid.cols, spec.scale);
+            let mul = m.scales.as_ref().map(|s| s.row_multipliers(m.grid.rows));
+            let out = &mut data[m.first_block * dim..(m.first_block + m.grid.n_blocks()) * dim];
+            extract(&x, &m.grid, mul.as_deref(), out);
+        }
+        let mut stage_ids = Vec::with_capacity(spec.stages);
+        let mut assignments = Vec::with_capacity(spec.stages);
+        for s in 0..spec.stages {
+            let phase = format!("cluster g{gi} s{s}");
+            let seed =
+                opts.seed ^ ((gi as u64) << 32 | s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let r = cluster(&data, dim, spec.k, seed, opts, &phase, progress)?;
+            if s + 1 < spec.stages {
+                crate::par::for_each_chunk_mut(&mut data, dim * 4096, |ci, chunk| {
+                    for (j, blk) in chunk.chunks_mut(dim).enumerate() {
+                        let a = r.assignments[ci * 4096 + j] as usize;
+                        for (v, c) in blk.iter_mut().zip(&r.centroids[a * dim..(a + 1) * dim]) {
+                            *v -= c;
+                        }
+                    }
+                });
+            }
+            let id = manifest.codebooks.len();
+            let bits = bitpack::bits_for_k(r.k);
+            manifest.codebooks.push(CodebookEntry {
+                tensor: manifest::codebook_name(id),
+                k: r.k,
+                bits,
+                block: [spec.block.bh, spec.block.bw],
+            });
+            report_cb.push((gi, s, r.k, bits, spec.block));
+            codebook_pieces.push(Piece {
+                name: manifest::codebook_name(id),
+                dtype: Dtype::F32,
+                shape: vec![r.k, spec.block.bh, spec.block.bw],
+                data: Cow::Owned(bytemuck::cast_slice(&r.centroids).to_vec()),
+                pad_to_8: false,
+            });
+            stage_ids.push(id);
+            assignments.push(r.assignments);
+        }
+        drop(data);
+        cancelled(&Event {
+            phase: format!("pack g{gi}"),
+            done: 0,
+            total: members.len(),
+        })?;
+        for m in members {
+            let range = m.first_block..m.first_block + m.grid.n_blocks();
+            let packed = stage_ids
+                .iter()
+                .zip(&assignments)
+                .map(|(&id, a)| bitpack::pack(&a[range.clone()], manifest.codebooks[id].bits))
+                .collect::<Result<Vec<_>>>()?;
+            clustered.insert(m.input, (stage_ids.clone(), packed, m.scales, m.grid));
+        }
+    }
+
+    // Lay out: codebooks, then each clustered tensor's scale and indices, then raw tensors by
+    // decreasing element size (keeps every tensor naturally aligned; see spec/lgn.md).
+    let mut pieces = codebook_pieces;
+    let mut reports = Vec::with_capacity(inputs.len());
+    let codebook_values: Vec<Vec<f32>> = pieces
+        .iter()
+        .map(|p| {
+            p.data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+        .collect();
+    for (i, t) in inputs.iter().enumerate() {
+        let Some((ids, packed, scales, grid)) = clustered.remove(&i) else {
+            manifest.tensors.push(TensorEntry {
+                name: t.name.clone(),
+                dtype: t.dtype.name().into(),
+                shape: t.shape.clone(),
+                encoding: Encoding::Raw,
+            });
+            reports.push(TensorReport {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                clustered: false,
+                stored_bytes: t.data.len() as u64,
+                index_bits: 0,
+                rel_mse: 0.0,
+                max_abs_err: 0.0,
+            });
+            continue;
+        };
+        cancelled(&Event {
+            phase: "measure".into(),
+            done: i,
+            total: inputs.len(),
+        })?;
+        let parts: Vec<StageParts<'_>> = ids
+            .iter()
+            .zip(&packed)
+            .map(|(&id, p)| StageParts {
+                codebook: &codebook_values[id],
+                k: manifest.codebooks[id].k,
+                bits: manifest.codebooks[id].bits,
+                packed: p,
+            })
+            .collect();
+        let (rel_mse, max_abs_err) = measure(
+            t,
+            &grid,
+            &parts,
+            scales.as_ref().map_or(&[][..], |s| &s.values),
+        )?;
+        let mut stored_bytes = 0u64;
+        let scale_entry = scales.map(|s| {
+            let name = manifest::scale_name(&t.name);
+            let bytes = s.to_bytes();
+            stored_bytes += bytes.len() as u64;
+            pieces.push(Piece {
+                name: name.clone(),
+                dtype: s.dtype,
+                shape: vec![s.values.len()],
+                data: Cow::Owned(bytes),
+                pad_to_8: false,
+            });
+            ScaleEntry {
+                mode: if s.values.len() == 1 {
+                    "tensor".into()
+                } else {
+                    "row".into()
+                },
+                tensor: name,
+            }
+        });
+        let n_stages = packed.len();
+        let mut stages = Vec::with_capacity(n_stages);
+        let mut index_bits = 0;
+        for (s, (id, p)) in ids.iter().zip(packed).enumerate() {
+            let name = manifest::indices_name(&t.name, s);
+            stored_bytes += p.len() as u64;
+            index_bits += manifest.codebooks[*id].bits;
+            pieces.push(Piece {
+                name: name.clone(),
+                dtype: Dtype::U8,
+                shape: vec![p.len()],
+                data: Cow::Owned(p),
+                pad_to_8: s + 1 == n_stages,
+            });
+            stages.push(StageEntry {
+                codebook: *id,
+                indices: name,
+            });
+        }
+        manifest.tensors.push(TensorEntry {
+            name: t.name.clone(),
+            dtype: t.dtype.name().into(),
+            shape: t.shape.clone(),
+            encoding: Encoding::Clustered {
+                stages,
+                scale: scale_entry,
+            },
+        });
+        reports.push(TensorReport {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            clustered: true,
+            stored_bytes,
+            index_bits,
+            rel_mse,
+            max_abs_err,
+        });
+    }
+    let mut raw: Vec<usize> = (0..inputs.len())
+        .filter(|&i| inputs[i].group.is_none())
+        .collect();
+    raw.sort_by_key(|&i| std::cmp::Reverse(inputs[i].dtype.size()));
+    for i in raw {
+        let t = &inputs[i];
+        pieces.push(Piece {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data: Cow::Borrowed(t.data),
+            pad_to_8: false,
+        });
+    }
+    let numel: u64 = inputs
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>() as u64)
+        .sum();
+    let report = Report {
+        tensors: reports,
+        codebooks: report_cb,
+        file_bytes: 0,
+        fp32_bytes: numel * 4,
+        source_bytes: inputs.iter().map(|t| t.data.len() as u64).sum(),
+        numel,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    Ok(Compressed {
+        pieces,
+        manifest,
+        metadata: opts.metadata.clone(),
+        report,
+    })
+}
+
+/// Decodes a tensor exactly as a reader will and compares it with the original.
+fn measure(
+    t: &TensorInput<'_>,
+    grid: &Grid,
+    parts: &[StageParts<'_>],
+    scales: &[f32],
+) -> Result<(f64, f64)> {
+    let x = to_f32(t);
+    let mut y = vec![0f32; x.len()];
+    match t.dtype {
+        Dtype::F32 => decode_rows(&t.name, grid, parts, scales, 0, grid.rows, &mut y)?,
+        Dtype::F16 => {
+            let mut h = vec![half::f16::ZERO; x.len()];
+            decode_rows(&t.name, grid, parts, scales, 0, grid.rows, &mut h)?;
+            y.iter_mut().zip(&h).for_each(|(o, v)| *o = v.to_f32());
+        }
+        Dtype::BF16 => {
+            let mut h = vec![half::bf16::ZERO; x.len()];
+            decode_rows(&t.name, grid, parts, scales, 0, grid.rows, &mut h)?;
+            y.iter_mut().zip(&h).for_each(|(o, v)| *o = v.to_f32());
+        }
+        other => unreachable!("validated clusterable dtype, got {other}"),
+    }
+    let (mut num, mut den, mut max) = (0f64, 0f64, 0f64);
+    for (&a, &b) in x.iter().zip(&y) {
+        let e = f64::from(a) - f64::from(b);
+        num += e * e;
+        den += f64::from(a) * f64::from(a);
+        max = max.max(e.abs());
+    }
+    Ok((
+        if den > 0.0 {
+            num / den
+        } else if num > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        },
+        max,
+    ))
+}
+
+/// Compresses and writes in one call.
+pub fn compress_to_file(
+    inputs: &[TensorInput<'_>],
+    opts: &CompressOptions,
+    path: &Path,
+    progress: ProgressFn<'_>,
+) -> Result<Report> {
+    compress(inputs, opts, progress)?.write(path)
+}

@@ -1,0 +1,208 @@
+//! The `.lgn` manifest: the JSON document stored as the string `__metadata__["lgn.manifest"]`
+//! that tells a reader how to rebuild every original tensor from the stored ones.
+//! `spec/lgn.md` is the normative description; these types mirror it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LgnError, Result};
+
+/// Major version written and read by this crate. A reader rejects other majors.
+pub const FORMAT_MAJOR: u32 = 1;
+/// Minor version written by this crate. A reader accepts any minor of its major (unknown
+/// fields added by later minors are ignored).
+pub const FORMAT_MINOR: u32 = 0;
+/// Metadata key holding `"MAJOR.MINOR"`.
+pub const VERSION_KEY: &str = "lgn.version";
+/// Metadata key holding the manifest JSON.
+pub const MANIFEST_KEY: &str = "lgn.manifest";
+/// Prefix reserved for legofmt's metadata keys.
+pub const RESERVED_PREFIX: &str = "lgn.";
+/// Largest accepted number of residual stages of one tensor.
+pub const MAX_STAGES: usize = 16;
+
+/// Name of the stored tensor holding codebook `i`.
+pub fn codebook_name(i: usize) -> String {
+    format!("lgn.codebook.{i}")
+}
+/// Name of the stored tensor holding the packed indices of stage `s` of tensor `name`.
+pub fn indices_name(name: &str, s: usize) -> String {
+    format!("{name}.lgn.idx{s}")
+}
+/// Name of the stored tensor holding the scales of tensor `name`.
+pub fn scale_name(name: &str) -> String {
+    format!("{name}.lgn.scale")
+}
+
+/// The manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Shared codebooks, referenced by index.
+    pub codebooks: Vec<CodebookEntry>,
+    /// Every original tensor, in the order it was saved.
+    pub tensors: Vec<TensorEntry>,
+    /// CRC-32 (IEEE 802.3 / zlib polynomial) of the bytes of each stored tensor, by stored name.
+    pub crc32: BTreeMap<String, u32>,
+}
+
+/// One codebook: `k` codewords of `bh x bw` values, stored as F32 `[k, bh, bw]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodebookEntry {
+    /// Stored tensor name (`lgn.codebook.N`).
+    pub tensor: String,
+    /// Number of codewords, 2..=65536.
+    pub k: usize,
+    /// Index width: `ceil(log2 k)`.
+    pub bits: u32,
+    /// Block shape `[bh, bw]`.
+    pub block: [usize; 2],
+}
+
+/// One original tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    /// Original name.
+    pub name: String,
+    /// Original dtype (safetensors name).
+    pub dtype: String,
+    /// Original shape.
+    pub shape: Vec<usize>,
+    /// How it is stored.
+    #[serde(flatten)]
+    pub encoding: Encoding,
+}
+
+/// How an original tensor is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "encoding", rename_all = "lowercase")]
+pub enum Encoding {
+    /// Stored unchanged as the safetensors tensor of the same name.
+    Raw,
+    /// Block-clustered.
+    Clustered {
+        /// Residual stages; the decoded value is the sum of one codeword per stage.
+        stages: Vec<StageEntry>,
+        /// Scales applied after summing, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scale: Option<ScaleEntry>,
+    },
+}
+
+/// One residual stage of a clustered tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageEntry {
+    /// Index into [`Manifest::codebooks`].
+    pub codebook: usize,
+    /// Stored U8 tensor of packed indices.
+    pub indices: String,
+}
+
+/// The scales of a clustered tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleEntry {
+    /// `"row"` (one per row of the 2-D view) or `"tensor"` (one value).
+    pub mode: String,
+    /// Stored F16 or F32 tensor of scales.
+    pub tensor: String,
+}
+
+/// Parses `"MAJOR.MINOR"` and checks the major is supported.
+pub fn check_version(v: &str) -> Result<(u32, u32)> {
+    let bad = || LgnError::Format {
+        tensor: None,
+        field: Some(VERSION_KEY.into()),
+        message: format!("`{v}` is not a MAJOR.MINOR version"),
+    };
+    let (a, b) = v.split_once('.').ok_or_else(bad)?;
+    let major: u32 = a.parse().map_err(|_| bad())?;
+    let minor: u32 = b.parse().map_err(|_| bad())?;
+    if major != FORMAT_MAJOR {
+        return Err(LgnError::UnsupportedVersion {
+            found: v.to_string(),
+            supported: FORMAT_MAJOR,
+        });
+    }
+    Ok((major, minor))
+}
+
+impl Manifest {
+    /// Parses the manifest JSON.
+    pub fn from_json(s: &str) -> Result<Manifest> {
+        serde_json::from_str(s).map_err(|e| LgnError::Format {
+            tensor: None,
+            field: Some(MANIFEST_KEY.into()),
+            message: format!("manifest is not valid: {e}"),
+        })
+    }
+
+    /// Serialises the manifest to compact JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("manifest serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_is_as_specified() {
+        let m = Manifest {
+            codebooks: vec![CodebookEntry {
+                tensor: codebook_name(0),
+                k: 256,
+                bits: 8,
+                block: [4, 4],
+            }],
+            tensors: vec![
+                TensorEntry {
+                    name: "b".into(),
+                    dtype: "F32".into(),
+                    shape: vec![3],
+                    encoding: Encoding::Raw,
+                },
+                TensorEntry {
+                    name: "w".into(),
+                    dtype: "F16".into(),
+                    shape: vec![8, 8],
+                    encoding: Encoding::Clustered {
+                        stages: vec![StageEntry {
+                            codebook: 0,
+                            indices: indices_name("w", 0),
+                        }],
+                        scale: Some(ScaleEntry {
+                            mode: "row".into(),
+                            tensor: scale_name("w"),
+                        }),
+                    },
+                },
+            ],
+            crc32: BTreeMap::new(),
+        };
+        let j = m.to_json();
+        assert!(
+            j.contains(r#"{"name":"b","dtype":"F32","shape":[3],"encoding":"raw"}"#),
+            "{j}"
+        );
+        assert!(
+            j.contains(
+                r#""encoding":"clustered","stages":[{"codebook":0,"indices":"w.lgn.idx0"}]"#
+            ),
+            "{j}"
+        );
+        assert_eq!(Manifest::from_json(&j).unwrap(), m);
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(check_version("1.0").unwrap(), (1, 0));
+        assert_eq!(check_version("1.7").unwrap(), (1, 7));
+        assert!(matches!(
+            check_version("2.0"),
+            Err(LgnError::UnsupportedVersion { .. })
+        ));
+        assert!(check_version("1").is_err());
+        assert!(check_version("x.y").is_err());
+    }
+}

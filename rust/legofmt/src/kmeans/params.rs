@@ -1,0 +1,296 @@
+//! Parameters of [`fit`](super::fit), their validation, and the types `fit` reports and returns.
+
+use crate::error::{LgnError, Result};
+
+/// Smallest number of clusters accepted.
+pub const MIN_K: usize = 2;
+/// Largest number of clusters accepted (indices are at most 16 bits wide).
+pub const MAX_K: usize = 65536;
+/// Largest vector dimension accepted (a block of at most 64 weights).
+pub const MAX_DIM: usize = 64;
+/// Default number of mini-batch "epochs" (passes' worth of sampled points), an upper bound:
+/// the mini-batch phase usually stops far earlier on its convergence test.
+pub const DEFAULT_MAX_ITER: usize = 10;
+/// Default mini-batch size.
+pub const DEFAULT_BATCH_SIZE: usize = 2048;
+/// Default relative tolerance of the early-stopping tests.
+pub const DEFAULT_TOL: f64 = 1e-4;
+/// Default number of full-data Lloyd iterations after the mini-batch phase.
+pub const DEFAULT_LLOYD_ITERS: usize = 3;
+/// The initialisation sample holds at least this many points by default (or all of them).
+pub const DEFAULT_INIT_SAMPLE_MIN: usize = 65536;
+/// ... and at least this many points per cluster.
+pub const DEFAULT_INIT_SAMPLE_PER_CLUSTER: usize = 16;
+
+/// Parameters of mini-batch k-means; validate them with [`KMeansParams::check`].
+///
+/// The fit runs in four stages (see [`ProgressStage`]): k-means++ initialisation on a sample,
+/// mini-batch updates, full-data Lloyd iterations, and a final full assignment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansParams {
+    /// Number of clusters, in `2..=65536` and at most the number of points.
+    pub k: usize,
+    /// Seed of every random choice (sample, initial centroids, batches).
+    pub seed: u64,
+    /// Upper bound of the mini-batch phase in epochs: it draws at most `max_iter * n` points
+    /// (in batches of `batch_size`). It usually stops earlier, once the mean distance over a
+    /// window of batches stops improving by more than its sampling noise or by `tol`.
+    /// 0 skips the mini-batch phase.
+    pub max_iter: usize,
+    /// Points per mini-batch (at least 1; capped at the number of points).
+    pub batch_size: usize,
+    /// Relative tolerance: the Lloyd iterations stop when the inertia improves by less than
+    /// `tol` times itself, and so does the mini-batch phase (on its windowed estimate).
+    pub tol: f64,
+    /// Size of the random sample that initialisation runs on (clamped to `k..=n`).
+    pub init_sample: usize,
+    /// Number of full-data Lloyd iterations after the mini-batch phase (0 allowed).
+    pub lloyd_iters: usize,
+}
+
+impl KMeansParams {
+    /// Parameters for `k` clusters with the defaults: seed 0, `max_iter` 10, `batch_size` 2048,
+    /// `tol` 1e-4, `init_sample` `max(65536, 16 * k)`, `lloyd_iters` 3.
+    pub fn new(k: usize) -> Self {
+        KMeansParams {
+            k,
+            seed: 0,
+            max_iter: DEFAULT_MAX_ITER,
+            batch_size: DEFAULT_BATCH_SIZE,
+            tol: DEFAULT_TOL,
+            init_sample: DEFAULT_INIT_SAMPLE_MIN
+                .max(DEFAULT_INIT_SAMPLE_PER_CLUSTER.saturating_mul(k)),
+            lloyd_iters: DEFAULT_LLOYD_ITERS,
+        }
+    }
+
+    /// Returns a copy with another seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Validates the parameters for `n_points` vectors of dimension `dim`, once, before any work.
+    ///
+    /// Errors ([`LgnError::InvalidArgument`]): `k` outside `2..=65536` or above `n_points`,
+    /// `dim` outside `1..=64`, `n_points * dim` overflowing or `n_points` above `u32::MAX`,
+    /// `batch_size` 0, `tol` negative or not finite.
+    pub fn check(&self, n_points: usize, dim: usize) -> Result<ValidKMeansParams> {
+        if !(MIN_K..=MAX_K).contains(&self.k) {
+            return Err(LgnError::invalid(
+                "k",
+                format!("must be in {MIN_K}..={MAX_K}, got {}", self.k),
+            ));
+        }
+        if !(1..=MAX_DIM).contains(&dim) {
+            return Err(LgnError::invalid(
+                "dim",
+                format!("must be in 1..={MAX_DIM}, got {dim}"),
+            ));
+        }
+        if self.k > n_points {
+            return Err(LgnError::invalid(
+                "k",
+                format!(
+                    "must not exceed the number of points ({n_points}), got {}",
+                    self.k
+                ),
+            ));
+        }
+        if n_points > u32::MAX as usize || n_points.checked_mul(dim).is_none() {
+            return Err(LgnError::invalid(
+                "n_points",
+                format!("too many points: {n_points} of dimension {dim}"),
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(LgnError::invalid("batch_size", "must be at least 1, got 0"));
+        }
+        if !self.tol.is_finite() || self.tol < 0.0 {
+            return Err(LgnError::invalid(
+                "tol",
+                format!("must be finite and >= 0, got {}", self.tol),
+            ));
+        }
+        Ok(ValidKMeansParams {
+            k: self.k,
+            seed: self.seed,
+            max_iter: self.max_iter,
+            batch_size: self.batch_size.min(n_points),
+            tol: self.tol,
+            init_sample: self.init_sample.clamp(self.k, n_points),
+            lloyd_iters: self.lloyd_iters,
+            n_points,
+            dim,
+        })
+    }
+}
+
+/// Parameters checked against a data shape by [`KMeansParams::check`]; the getters return the
+/// effective values (`batch_size` capped at `n_points`, `init_sample` clamped to `k..=n_points`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidKMeansParams {
+    k: usize,
+    seed: u64,
+    max_iter: usize,
+    batch_size: usize,
+    tol: f64,
+    init_sample: usize,
+    lloyd_iters: usize,
+    n_points: usize,
+    dim: usize,
+}
+
+impl ValidKMeansParams {
+    /// Number of clusters.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Random seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// Upper bound of the mini-batch phase, in epochs.
+    pub fn max_iter(&self) -> usize {
+        self.max_iter
+    }
+    /// Effective mini-batch size.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+    /// Relative tolerance of the early-stopping tests.
+    pub fn tol(&self) -> f64 {
+        self.tol
+    }
+    /// Effective initialisation sample size.
+    pub fn init_sample(&self) -> usize {
+        self.init_sample
+    }
+    /// Number of full-data Lloyd iterations.
+    pub fn lloyd_iters(&self) -> usize {
+        self.lloyd_iters
+    }
+    /// Number of points the parameters were checked for.
+    pub fn n_points(&self) -> usize {
+        self.n_points
+    }
+    /// Vector dimension the parameters were checked for.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+}
+
+/// The stage a [`Progress`] report comes from, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProgressStage {
+    /// Choosing the initial centroids; `done`/`total` count centroids.
+    Init,
+    /// Mini-batch updates; `done`/`total` count batches (`total` is the upper bound).
+    MiniBatch,
+    /// Full-data Lloyd iterations; `done`/`total` count points over all planned iterations.
+    Lloyd,
+    /// The final assignment of every point; `done`/`total` count points.
+    Assign,
+}
+
+/// A progress report passed to the callback of [`fit`](super::fit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Which stage is running.
+    pub stage: ProgressStage,
+    /// Work done so far in this stage (units depend on the stage).
+    pub done: usize,
+    /// Work planned for this stage (an upper bound where the stage can stop early).
+    pub total: usize,
+    /// Sum of squared distances, when one was just measured: the full inertia after a Lloyd
+    /// pass or the final assignment, an estimate (window mean times n) during mini-batch.
+    pub inertia: Option<f64>,
+}
+
+/// What [`fit`](super::fit) returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansResult {
+    /// `k * dim` centroid coordinates, row-major.
+    pub centroids: Vec<f32>,
+    /// Index of the nearest centroid of every point.
+    pub assignments: Vec<u32>,
+    /// Sum over points of the squared distance to their centroid (accumulated in f64).
+    pub inertia: f64,
+    /// Centroid updates performed: mini-batch steps plus Lloyd iterations.
+    pub iterations: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name_of(e: LgnError) -> &'static str {
+        match e {
+            LgnError::InvalidArgument { name, .. } => name,
+            other => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_parameters() {
+        assert_eq!(
+            name_of(KMeansParams::new(1).check(100, 16).unwrap_err()),
+            "k"
+        );
+        assert_eq!(
+            name_of(KMeansParams::new(0).check(100, 16).unwrap_err()),
+            "k"
+        );
+        assert_eq!(
+            name_of(KMeansParams::new(65537).check(1 << 20, 16).unwrap_err()),
+            "k"
+        );
+        assert_eq!(
+            name_of(KMeansParams::new(11).check(10, 16).unwrap_err()),
+            "k"
+        );
+        assert_eq!(
+            name_of(KMeansParams::new(4).check(10, 0).unwrap_err()),
+            "dim"
+        );
+        assert_eq!(
+            name_of(KMeansParams::new(4).check(10, 65).unwrap_err()),
+            "dim"
+        );
+        let mut p = KMeansParams::new(4);
+        p.batch_size = 0;
+        assert_eq!(name_of(p.check(10, 4).unwrap_err()), "batch_size");
+        let mut p = KMeansParams::new(4);
+        p.tol = f64::NAN;
+        assert_eq!(name_of(p.check(10, 4).unwrap_err()), "tol");
+        p.tol = -1.0;
+        assert_eq!(name_of(p.check(10, 4).unwrap_err()), "tol");
+        let msg = KMeansParams::new(1).check(100, 16).unwrap_err().to_string();
+        assert!(msg.contains("2..=65536"), "{msg}");
+    }
+
+    #[test]
+    fn accepts_limits_and_clamps() {
+        let v = KMeansParams::new(2).check(2, 1).unwrap();
+        assert_eq!((v.k(), v.dim(), v.n_points()), (2, 1, 2));
+        assert_eq!(v.batch_size(), 2);
+        assert_eq!(v.init_sample(), 2);
+        let v = KMeansParams::new(65536).check(65536, 64).unwrap();
+        assert_eq!(v.init_sample(), 65536);
+        let mut p = KMeansParams::new(8).with_seed(9);
+        p.init_sample = 0;
+        let v = p.check(1000, 3).unwrap();
+        assert_eq!((v.init_sample(), v.seed()), (8, 9));
+        assert_eq!(KMeansParams::new(300).init_sample, 65536);
+        assert_eq!(KMeansParams::new(8192).init_sample, 16 * 8192);
+    }
+
+    #[test]
+    fn public_types_are_send_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<KMeansParams>();
+        check::<ValidKMeansParams>();
+        check::<Progress>();
+        check::<KMeansResult>();
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, then lint, Rust tests (with and without the
+# `parallel` feature), Python tests. Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+
+echo "== cargo fmt / clippy"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p legofmt --no-default-features --all-targets -- -D warnings
+
+echo "== Rust tests"
+cargo test -p legofmt
+cargo test -p legofmt --no-default-features
+
+echo "== Python lint and types"
+python3 -m ruff check python tests examples benches spec
+python3 -m ruff format --check python tests examples benches spec
+python3 -m mypy
+
+echo "== Python tests"
+python3 -m pytest -q tests
