@@ -45,6 +45,26 @@ fn to_py(err: LgnError) -> PyErr {
     })
 }
 
+/// Like [`to_py`], naming the file the error happened in.
+fn to_py_in(path: &std::path::Path, err: LgnError) -> PyErr {
+    let shown = path.display().to_string();
+    let err = match err {
+        e @ (LgnError::Io { .. } | LgnError::Cancelled) => e,
+        e if e.to_string().contains(&shown) => e,
+        e => {
+            let class_err = to_py(e);
+            return Python::attach(|py| {
+                let msg = format!("{shown}: {}", class_err.value(py));
+                match class_err.get_type(py).call1((msg,)) {
+                    Ok(instance) => PyErr::from_value(instance),
+                    Err(e) => e,
+                }
+            });
+        }
+    };
+    to_py(err)
+}
+
 fn invalid(name: &'static str, message: impl Into<String>) -> PyErr {
     to_py(LgnError::invalid(name, message))
 }
@@ -264,18 +284,27 @@ impl Reader {
         let buf = out
             .as_slice_mut()
             .map_err(|_| invalid("out", "output array must be contiguous"))?;
-        self.with(|f| py.detach(|| f.decode_into(name, buf)).map_err(to_py))
+        self.with(|f| {
+            py.detach(|| f.decode_into(name, buf))
+                .map_err(|e| to_py_in(&self.path, e))
+        })
     }
 
     /// Decodes tensor `name` into a new uint8 array.
     fn decode<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyArray1<u8>>> {
-        let bytes = self.with(|f| py.detach(|| f.decode(name)).map_err(to_py))?;
+        let bytes = self.with(|f| {
+            py.detach(|| f.decode(name))
+                .map_err(|e| to_py_in(&self.path, e))
+        })?;
         Ok(PyArray1::from_vec(py, bytes))
     }
 
     /// Checks every checksum and index of the file.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
-        self.with(|f| py.detach(|| f.verify()).map_err(to_py))
+        self.with(|f| {
+            py.detach(|| f.verify())
+                .map_err(|e| to_py_in(&self.path, e))
+        })
     }
 
     /// User metadata.

@@ -1,0 +1,214 @@
+"""The Python API's contract: accepted inputs, lazy reading, load_into, info, and typed errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import legofmt
+
+
+@pytest.fixture
+def state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "conv.weight": torch.randn(16, 8, 3, 3, generator=g),
+        "conv.bias": torch.randn(16, generator=g),
+        "fc.weight": torch.randn(10, 144, generator=g).half(),
+        "fc.bias": torch.zeros(10).bfloat16(),
+        "bn.num_batches_tracked": torch.tensor(7),
+        "tiny": torch.randn(2, 2, generator=g),
+    }
+
+
+def test_module_dict_and_numpy_inputs_give_the_same_file(tmp_path, state):
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    a, b, c = (tmp_path / n for n in ("a.lgn", "b.lgn", "c.lgn"))
+    legofmt.save(model, a, k=16)
+    legofmt.save(model.state_dict(), b, k=16)
+    legofmt.save({k: v.numpy() for k, v in model.state_dict().items()}, c, k=16)
+    assert a.read_bytes() == b.read_bytes() == c.read_bytes()
+
+
+def test_policy_keeps_small_integer_and_1d_tensors_raw(tmp_path, state):
+    report = legofmt.save(state, tmp_path / "m.lgn", k=32)
+    enc = {t.name: t.clustered for t in report.tensors}
+    assert enc == {
+        "conv.weight": True,
+        "conv.bias": False,
+        "fc.weight": True,
+        "fc.bias": False,
+        "bn.num_batches_tracked": False,
+        "tiny": False,  # 2x2 is smaller than one 4x4 block
+    }
+    loaded = legofmt.load(tmp_path / "m.lgn")
+    for name in ("conv.bias", "fc.bias", "bn.num_batches_tracked", "tiny"):
+        assert torch.equal(loaded[name], state[name]) and loaded[name].dtype == state[name].dtype
+    reasons = {t.name: t.reason for t in report.tensors}
+    assert "rank 1" in reasons["conv.bias"] and "I64" in reasons["bn.num_batches_tracked"]
+
+
+def test_raw_patterns_and_min_size(tmp_path, state):
+    r = legofmt.save(state, tmp_path / "m.lgn", k=8, raw=["fc.*"], min_size=2000)
+    enc = {t.name: t.clustered for t in r.tensors}
+    assert not enc["fc.weight"]  # pattern
+    assert enc["conv.weight"] is False  # 1152 elements < min_size
+    r = legofmt.save(state, tmp_path / "m.lgn", k=8, raw="fc.*")
+    assert {t.name: t.clustered for t in r.tensors}["conv.weight"]
+
+
+def test_report_and_info_agree_with_the_file(tmp_path, state):
+    path = tmp_path / "m.lgn"
+    report = legofmt.save(state, path, k=32, metadata={"model": "test"})
+    i = legofmt.info(path)
+    size = os.path.getsize(path)
+    assert report.file_bytes == i.file_bytes == size
+    numel = sum(t.numel() for t in state.values())
+    assert report.numel == i.numel == numel
+    assert report.ratio == pytest.approx(4 * numel / size)
+    assert i.ratio == pytest.approx(4 * numel / size)
+    src = sum(t.numel() * t.element_size() for t in state.values())
+    assert i.ratio_source == pytest.approx(src / size)
+    assert report.bits_per_weight == pytest.approx(8 * size / numel)
+    assert i.metadata == {"model": "test"}
+    assert sum(t.stored_bytes for t in i.tensors) < size
+    assert {t.name for t in i.tensors} == set(state)
+    text = str(i)
+    assert "conv.weight" in text and "clustered" in text
+
+
+def test_open_is_lazy_and_matches_load(tmp_path, state):
+    path = tmp_path / "m.lgn"
+    legofmt.save(state, path, k=32)
+    full = legofmt.load(path)
+    with legofmt.open(path) as f:
+        assert f.keys() == list(state)
+        assert "fc.weight" in f and len(f) == len(state)
+        assert f.dtype_and_shape("fc.weight") == ("F16", (10, 144))
+        for name in f.keys():
+            assert torch.equal(f.get_tensor(name), full[name])
+        with pytest.raises(legofmt.InvalidArgumentError, match="no tensor named `nope`"):
+            f.get_tensor("nope")
+    with pytest.raises(legofmt.LgnError, match="closed"):
+        f.get_tensor("conv.weight")
+    with legofmt.open(path, framework="np") as f:
+        arr = f.get_tensor("conv.weight")
+        assert isinstance(arr, np.ndarray) and np.array_equal(arr, full["conv.weight"].numpy())
+
+
+def test_load_into_decodes_into_existing_parameters(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.Flatten())
+    path = tmp_path / "m.lgn"
+    legofmt.save(model, path, k=16)
+    expected = legofmt.load(path)
+    ptrs = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.Flatten())
+    res = legofmt.load_into(fresh, path)
+    assert res.missing_keys == [] and res.unexpected_keys == []
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+    # Decoded in place: the model's own storage (the original model's pointers are unchanged).
+    res = legofmt.load_into(model, path)
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == ptrs
+
+
+def test_load_into_strict_and_shape_mismatch(tmp_path):
+    model = torch.nn.Linear(8, 4)
+    path = tmp_path / "m.lgn"
+    legofmt.save({"weight": torch.randn(4, 8)}, path, k=4)
+    with pytest.raises(legofmt.InvalidArgumentError, match="missing keys \\['bias'\\]"):
+        legofmt.load_into(model, path)
+    res = legofmt.load_into(model, path, strict=False)
+    assert res.missing_keys == ["bias"]
+    legofmt.save({"weight": torch.randn(8, 4), "bias": torch.randn(4)}, path, k=4)
+    with pytest.raises(legofmt.InvalidArgumentError, match="weight.*shape"):
+        legofmt.load_into(model, path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 1}, "k must be an int in 2..65536"),
+        ({"k": 65537}, "k must be an int in 2..65536"),
+        ({"k": 2.5}, "k must be"),
+        ({"block": (0, 4)}, "block must be"),
+        ({"block": (9, 1)}, "block must be"),
+        ({"stages": 0}, "stages"),
+        ({"stages": 17}, "stages"),
+        ({"scale": "channel"}, "scale"),
+        ({"colour": "red"}, "unknown option.*colour"),
+    ],
+)
+def test_bad_arguments_raise_invalid_argument(tmp_path, kwargs, match):
+    with pytest.raises(legofmt.InvalidArgumentError, match=match) as e:
+        legofmt.save({"w": torch.randn(8, 8)}, tmp_path / "m.lgn", **kwargs)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, legofmt.LgnError)
+    assert not os.listdir(tmp_path)  # nothing written, not even a temporary file
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(legofmt.InvalidArgumentError, match="dict of tensors"):
+        legofmt.save([1, 2], tmp_path / "m.lgn")
+    with pytest.raises(legofmt.InvalidArgumentError, match="'w' is a list"):
+        legofmt.save({"w": [1.0]}, tmp_path / "m.lgn")
+    with pytest.raises(legofmt.InvalidArgumentError, match="nothing to save"):
+        legofmt.save({}, tmp_path / "m.lgn")
+    with pytest.raises(legofmt.LgnIOError) as e:
+        legofmt.save({"w": torch.randn(8, 8)}, tmp_path / "missing" / "m.lgn")
+    assert isinstance(e.value, OSError) and "missing" in str(e.value)
+    with pytest.raises(legofmt.LgnIOError, match="nope.lgn"):
+        legofmt.load(tmp_path / "nope.lgn")
+    (tmp_path / "junk.lgn").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(legofmt.FormatError, match="junk.lgn"):
+        legofmt.load(tmp_path / "junk.lgn")
+
+
+def test_failed_save_keeps_the_old_file(tmp_path):
+    path = tmp_path / "m.lgn"
+    legofmt.save({"w": torch.randn(8, 8)}, path, k=4)
+    before = path.read_bytes()
+
+    class Boom(Exception):
+        pass
+
+    def stop(phase: str, done: int, total: int) -> None:
+        raise Boom
+
+    big = {"w": torch.randn(512, 512)}
+    with pytest.raises(Boom):
+        legofmt._legofmt.compress_to_file(
+            str(path), [("w", "F32", [512, 512], big["w"].numpy().reshape(-1).view(np.uint8), 0)],
+            [{"k": 256, "block": (4, 4), "stages": 1, "scale": "row"}], progress=stop,
+        )
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.lgn"]
+
+
+def test_numpy_only_without_torch(tmp_path):
+    """save/load/info with numpy arrays work when torch cannot be imported."""
+    code = f"""
+import sys
+sys.modules['torch'] = None  # any 'import torch' now raises ImportError
+import numpy as np, legofmt
+x = np.random.default_rng(0).standard_normal((32, 24)).astype(np.float32)
+r = legofmt.save({{'w': x, 'b': np.ones(3, np.float16)}}, {str(tmp_path / 'n.lgn')!r}, k=16)
+out = legofmt.load({str(tmp_path / 'n.lgn')!r}, framework='np')
+assert out['w'].shape == (32, 24) and out['b'].dtype == np.float16
+assert legofmt.info({str(tmp_path / 'n.lgn')!r}).numel == 32 * 24 + 3
+try:
+    legofmt.load({str(tmp_path / 'n.lgn')!r})
+except ImportError as e:
+    assert 'torch' in str(e)
+else:
+    raise SystemExit('framework="pt" without torch should say torch is needed')
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

