@@ -441,8 +441,19 @@ impl LgnFile {
         }
         // Codebooks are small and used by every tensor: check and load them now.
         for ci in 0..self.codebooks.len() {
+            // Always checked (they are small, and a corrupt codebook corrupts every tensor).
             let st = &self.envelope.tensors[self.codebooks[ci].stored];
             let bytes = self.stored_bytes(st)?;
+            if let Some(&expected) = self.crc32.get(&st.name) {
+                let actual = crc32fast::hash(bytes);
+                if actual != expected {
+                    return Err(LgnError::Checksum {
+                        tensor: st.name.clone(),
+                        expected,
+                        actual,
+                    });
+                }
+            }
             let mut values = vec![0f32; st.numel()];
             crate::dtype::float_bytes_to_f32(Dtype::F32, bytes, &mut values);
             if let Some(p) = values.iter().position(|v| !v.is_finite()) {
@@ -692,22 +703,28 @@ impl LgnFile {
                 for (s, &(ci, si)) in stages.iter().enumerate() {
                     let cb = &self.codebooks[ci];
                     let packed = self.stored_bytes(&self.envelope.tensors[si])?;
-                    let mut idx = vec![0u32; grid.grid_cols.max(1)];
-                    for br in 0..grid.grid_rows {
-                        let row = &mut idx[..grid.grid_cols];
-                        bitpack::unpack_range(packed, cb.bits, br * grid.grid_cols, row);
-                        if let Some(p) = row.iter().position(|&v| v as usize >= cb.k) {
+                    // In bounded chunks: the block count comes from the file.
+                    const CHUNK: usize = 1 << 16;
+                    let n = grid.n_blocks();
+                    let mut idx = vec![0u32; n.min(CHUNK)];
+                    let mut start = 0;
+                    while start < n {
+                        let len = (n - start).min(CHUNK);
+                        let chunk = &mut idx[..len];
+                        bitpack::unpack_range(packed, cb.bits, start, chunk);
+                        if let Some(p) = chunk.iter().position(|&v| v as usize >= cb.k) {
                             return Err(fmt_err(
                                 &t.name,
                                 &format!("stages[{s}].indices"),
                                 format!(
                                     "index {} at block {} is out of range for codebook of k={}",
-                                    row[p],
-                                    br * grid.grid_cols + p,
+                                    chunk[p],
+                                    start + p,
                                     cb.k
                                 ),
                             ));
                         }
+                        start += len;
                     }
                 }
             }
