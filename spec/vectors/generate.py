@@ -1,0 +1,1381 @@
+#!/usr/bin/env python3
+"""Generates the .lgn conformance vectors of spec/vectors/ (see spec/lgn.md and README.md here).
+
+    python spec/vectors/generate.py            # rewrites spec/vectors/{valid,invalid}/, manifest.json, README.md
+    python spec/vectors/generate.py --out DIR  # writes the same files under DIR
+
+Deterministic: fixed seeds, no timestamps; two runs write byte-identical files.
+
+Valid vectors come from two writers:
+
+* ``save_*``: ``legofmt.save`` (the real writer, so the vectors pin its layout). Most use the
+  writer's exact path (no more distinct blocks than k), some its k-means path (fixed seed; the
+  clustering is deterministic for a seed, whatever the thread count or instruction set).
+* ``hand_*`` and ``plain_*``: the small independent writer below, for what ``legofmt.save``
+  never writes (every index width 1..16, k = 65536, rounding ties, special scales, padding
+  bytes, a newer minor version, a non-canonical layout, plain safetensors files).
+
+For each valid vector, the decoded tensors are computed by the independent reference decoder
+(``tests/reference_decoder.py``), checked bit for bit against ``legofmt.load``, and written as
+the plain safetensors file ``NAME.expected.safetensors`` (every tensor in its original dtype).
+Generation aborts if the two decoders disagree.
+
+Invalid vectors are byte-level edits of a small valid file, each with the error class a
+conforming reader must raise and words its message must contain. Generation checks them against
+legofmt and prints (but does not abort on) any deviation: a deviation is a reader bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import struct
+import sys
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("RAYON_NUM_THREADS", "2")  # results do not depend on it; keeps the machine usable
+
+import legofmt  # noqa: E402
+import reference_decoder  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# A minimal safetensors / .lgn writer (independent of legofmt)
+# ---------------------------------------------------------------------------------------------
+
+DTYPE_SIZE = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
+}
+NP_OF = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "U16": np.dtype("<u2"),
+    "I16": np.dtype("<i2"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "U32": np.dtype("<u4"),
+    "I32": np.dtype("<i4"),
+    "F32": np.dtype("<f4"),
+    "U64": np.dtype("<u8"),
+    "I64": np.dtype("<i8"),
+    "F64": np.dtype("<f8"),
+}
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON as legofmt writes it (UTF-8, no spaces)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class Piece:
+    """One stored (safetensors) tensor."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    data: bytes
+    pad_to_8: bool = False  # U8 only: append zero bytes so the next piece starts at a multiple of 8
+
+
+def header_bytes(header: dict[str, Any] | str, align: int = 8) -> bytes:
+    """8-byte length prefix + JSON header padded with spaces to a multiple of ``align``."""
+    text = (header if isinstance(header, str) else dumps(header)).encode()
+    text += b" " * ((-len(text)) % align)
+    return struct.pack("<Q", len(text)) + text
+
+
+def st_file(
+    pieces: list[Piece], metadata: dict[str, str] | None = None, *, sort_keys: bool = True, align: int = 8
+) -> bytes:
+    """A safetensors file holding ``pieces`` in the given data order."""
+    entries: dict[str, Any] = {}
+    at = 0
+    for p in pieces:
+        if p.pad_to_8 and (at + len(p.data)) % 8:
+            assert p.dtype == "U8"
+            p.data += b"\0" * (-(at + len(p.data)) % 8)
+            p.shape = [len(p.data)]
+        n = DTYPE_SIZE[p.dtype] * int(np.prod(p.shape, dtype=np.int64))
+        assert n == len(p.data), (p.name, n, len(p.data))
+        entries[p.name] = {"dtype": p.dtype, "shape": p.shape, "data_offsets": [at, at + n]}
+        at += n
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    header.update(entries)
+    if sort_keys:
+        header = dict(sorted(header.items()))
+        header = {k: dict(sorted(v.items())) if k != "__metadata__" else v for k, v in header.items()}
+    return header_bytes(header, align) + b"".join(p.data for p in pieces)
+
+
+def lgn_file(
+    pieces: list[Piece],
+    manifest: dict[str, Any],
+    *,
+    version: str = "1.0",
+    extra_metadata: dict[str, str] | None = None,
+    sort_keys: bool = True,
+    align: int = 8,
+) -> bytes:
+    """An .lgn file: ``manifest["crc32"]`` is filled in from the pieces' final bytes."""
+    st_file(pieces)  # applies the index padding so the checksums cover the final bytes
+    manifest = dict(manifest)
+    manifest["crc32"] = {p.name: zlib.crc32(p.data) for p in sorted(pieces, key=lambda p: p.name)}
+    md = {"lgn.version": version, "lgn.manifest": dumps(manifest)}
+    md.update(extra_metadata or {})
+    return st_file(pieces, dict(sorted(md.items())), sort_keys=sort_keys, align=align)
+
+
+def pack(indices: Any, bits: int) -> bytes:
+    """Little-endian bit stream: index i occupies bits i*bits .. i*bits+bits-1, LSB first."""
+    idx = np.asarray(indices, dtype=np.uint64)
+    assert idx.size == 0 or int(idx.max()) < (1 << bits)
+    stream = ((idx[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(stream, bitorder="little").tobytes()
+
+
+def bits_for_k(k: int) -> int:
+    return max(1, (k - 1).bit_length())
+
+
+def f32(a: Any) -> np.ndarray[Any, Any]:
+    return np.asarray(a, dtype=np.float32)
+
+
+class Builder:
+    """Builds an .lgn file from codebooks and clustered/raw tensors, laid out as legofmt's writer
+    lays them out (codebooks, then per clustered tensor its scale and index tensors, the last
+    index tensor padded to 8 bytes, then raw tensors by decreasing element size)."""
+
+    def __init__(self) -> None:
+        self.codebooks: list[tuple[dict[str, Any], Piece]] = []
+        self.entries: list[dict[str, Any]] = []
+        self.clustered: list[Piece] = []
+        self.raw: list[Piece] = []
+
+    def codebook(self, values: Any, block: tuple[int, int]) -> int:
+        v = f32(values).reshape(-1, block[0], block[1])
+        i = len(self.codebooks)
+        name = f"lgn.codebook.{i}"
+        k = v.shape[0]
+        entry = {"tensor": name, "k": k, "bits": bits_for_k(k), "block": list(block)}
+        self.codebooks.append((entry, Piece(name, "F32", list(v.shape), v.astype("<f4").tobytes())))
+        return i
+
+    def n_blocks(self, shape: list[int], cb: int) -> int:
+        bh, bw = self.codebooks[cb][0]["block"]
+        rows, cols = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+        return -(-rows // bh) * -(-cols // bw)
+
+    def clustered_tensor(
+        self,
+        name: str,
+        dtype: str,
+        shape: list[int],
+        stages: list[tuple[int, Any]],
+        scale: tuple[str, str, Any] | None = None,
+        index_extra: bytes = b"",
+    ) -> None:
+        entry: dict[str, Any] = {"name": name, "dtype": dtype, "shape": shape, "encoding": "clustered"}
+        if scale is not None:
+            _, sdtype, values = scale
+            sv = np.asarray(values, dtype=NP_OF[sdtype]).reshape(-1)
+            self.clustered.append(Piece(f"{name}.lgn.scale", sdtype, [sv.size], sv.tobytes()))
+        st = []
+        for s, (cb, idx) in enumerate(stages):
+            cbe = self.codebooks[cb][0]
+            idx = np.asarray(idx).reshape(-1)
+            assert idx.size == self.n_blocks(shape, cb), (name, idx.size, self.n_blocks(shape, cb))
+            data = pack(idx, cbe["bits"]) + (index_extra if s + 1 == len(stages) else b"")
+            pname = f"{name}.lgn.idx{s}"
+            self.clustered.append(Piece(pname, "U8", [len(data)], data, pad_to_8=s + 1 == len(stages)))
+            st.append({"codebook": cb, "indices": pname})
+        entry["stages"] = st
+        if scale is not None:
+            entry["scale"] = {"mode": scale[0], "tensor": f"{name}.lgn.scale"}
+        self.entries.append(entry)
+
+    def raw_tensor(self, name: str, dtype: str, array: Any) -> None:
+        a = np.asarray(array)
+        self.entries.append({"name": name, "dtype": dtype, "shape": list(a.shape), "encoding": "raw"})
+        self.raw.append(Piece(name, dtype, list(a.shape), a.astype(NP_OF[dtype]).tobytes()))
+
+    def pieces(self) -> list[Piece]:
+        raw = sorted(self.raw, key=lambda p: -DTYPE_SIZE[p.dtype])
+        return [copy.copy(p) for _, p in self.codebooks] + [copy.copy(p) for p in self.clustered + raw]
+
+    def manifest(self) -> dict[str, Any]:
+        return {"codebooks": [e for e, _ in self.codebooks], "tensors": self.entries}
+
+    def build(self, **kw: Any) -> bytes:
+        return lgn_file(self.pieces(), self.manifest(), **kw)
+
+
+def random_indices(rng: np.random.Generator, n: int, k: int) -> np.ndarray[Any, Any]:
+    """n indices in 0..k, containing 0 and k-1 whenever n >= 2 (so the top bit is exercised)."""
+    idx = rng.integers(0, k, size=n)
+    if n >= 2:
+        idx[0], idx[-1] = k - 1, 0
+        idx[n // 2] = k - 1
+    return idx
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading back: the reference decoder, legofmt, and the expected files
+# ---------------------------------------------------------------------------------------------
+
+
+def split(buf: bytes) -> tuple[dict[str, Any], bytes]:
+    (n,) = struct.unpack("<Q", buf[:8])
+    return json.loads(buf[8 : 8 + n]), buf[8 + n :]
+
+
+def logical_dtypes(buf: bytes) -> dict[str, str]:
+    """Original dtype of each tensor, from the manifest (or the header of a plain file)."""
+    header, _ = split(buf)
+    meta = header.pop("__metadata__", {})
+    if "lgn.manifest" in meta:
+        return {t["name"]: t["dtype"] for t in json.loads(meta["lgn.manifest"])["tensors"]}
+    return {k: v["dtype"] for k, v in header.items()}
+
+
+def legofmt_decode(path: Path) -> dict[str, np.ndarray[Any, Any]]:
+    out = legofmt.load(path, framework="np")
+    with legofmt.open(path, "np") as f:
+        f.verify()
+    return out
+
+
+def check_same(a: dict[str, np.ndarray[Any, Any]], b: dict[str, np.ndarray[Any, Any]], what: str) -> None:
+    if list(a) != list(b) and sorted(a) != sorted(b):
+        raise SystemExit(f"{what}: tensor names differ: {sorted(a)} vs {sorted(b)}")
+    for k in a:
+        x, y = np.ascontiguousarray(a[k]), np.ascontiguousarray(b[k])
+        if x.shape != y.shape or x.dtype != y.dtype or x.tobytes() != y.tobytes():
+            raise SystemExit(f"{what}: tensor {k!r} differs between the reference decoder and legofmt.load")
+
+
+def expected_file(decoded: dict[str, np.ndarray[Any, Any]], dtypes: dict[str, str]) -> bytes:
+    """The decoded tensors as a plain safetensors file (largest elements first: all aligned)."""
+    names = sorted(decoded, key=lambda n: (-DTYPE_SIZE[dtypes[n]], n))
+    pieces = [
+        Piece(n, dtypes[n], list(decoded[n].shape), np.ascontiguousarray(decoded[n]).astype(NP_OF[dtypes[n]]).tobytes())
+        for n in names
+    ]
+    return st_file(pieces)
+
+
+# ---------------------------------------------------------------------------------------------
+# The vectors
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Vectors:
+    out: Path
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    deviations: list[str] = field(default_factory=list)
+
+    def valid(self, name: str, data: bytes | None, description: str, *, ext: str = ".lgn") -> None:
+        """Records a valid vector; ``data`` None means the file was already written (by save)."""
+        rel = f"valid/{name}{ext}"
+        path = self.out / rel
+        if data is not None:
+            path.write_bytes(data)
+        buf = path.read_bytes()
+        ref, _ = reference_decoder.read(str(path))
+        check_same(ref, legofmt_decode(path), rel)
+        exp_rel = f"valid/{name}.expected.safetensors"
+        (self.out / exp_rel).write_bytes(expected_file(ref, logical_dtypes(buf)))
+        self.entries.append({"file": rel, "valid": True, "expected": exp_rel, "description": description})
+
+    def invalid(
+        self,
+        name: str,
+        data: bytes,
+        error: str,
+        description: str,
+        message: list[str],
+        detected_at: str = "open",
+    ) -> None:
+        rel = f"invalid/{name}.lgn"
+        path = self.out / rel
+        path.write_bytes(data)
+        self.entries.append(
+            {
+                "file": rel,
+                "valid": False,
+                "error": error,
+                "message_contains": message,
+                "detected_at": detected_at,
+                "description": description,
+            }
+        )
+        self.check_invalid(path, error, message, detected_at)
+
+    def check_invalid(self, path: Path, error: str, message: list[str], detected_at: str) -> None:
+        cls = getattr(legofmt, error)
+
+        def attempt(fn: Callable[[], Any]) -> BaseException | None:
+            try:
+                fn()
+            except BaseException as e:  # a panic (pyo3 PanicException) must be reported, not propagated
+                return e
+            return None
+
+        problems = []
+        opened = attempt(lambda: legofmt.open(path, "np").close())
+        if detected_at == "open":
+            errs = {"open": opened, "load": attempt(lambda: legofmt.load(path, framework="np"))}
+        else:
+            if opened is not None:
+                problems.append(f"open raised {type(opened).__name__}: {opened}")
+            errs = {
+                "load": attempt(lambda: legofmt.load(path, framework="np")),
+                "verify": attempt(lambda: verify(path)),
+            }
+        for what, e in errs.items():
+            if e is None:
+                problems.append(f"{what} raised nothing")
+            elif type(e) is not cls:
+                problems.append(f"{what} raised {type(e).__name__} instead of {error}: {e}")
+            elif not all(m in str(e) for m in message):
+                problems.append(f"{what}: message {str(e)!r} lacks one of {message}")
+        for p in problems:
+            self.deviations.append(f"{path.name}: {p}")
+
+
+def verify(path: Path) -> None:
+    with legofmt.open(path, "np") as f:
+        f.verify()
+
+
+def exact_tensor(
+    rng: np.random.Generator, k: int, block: tuple[int, int], grid: tuple[int, int]
+) -> np.ndarray[Any, Any]:
+    """A matrix tiled exactly by ``grid`` blocks drawn from ``k`` distinct codewords (each used)."""
+    bh, bw = block
+    d = bh * bw
+    while True:
+        hi = 16 if k <= 16 else 4000
+        words = rng.integers(-hi, hi + 1, size=(k, d)) / 4.0
+        if len({w.tobytes() for w in words}) == k:
+            break
+    n = grid[0] * grid[1]
+    assert n >= k
+    idx = np.concatenate([np.arange(k), rng.integers(0, k, size=n - k)])
+    rng.shuffle(idx)
+    blocks = words[idx].reshape(grid[0], grid[1], bh, bw)
+    return blocks.transpose(0, 2, 1, 3).reshape(grid[0] * bh, grid[1] * bw)
+
+
+def save(v: Vectors, name: str, tensors: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """legofmt.save into valid/NAME.lgn; returns the manifest written."""
+    path = v.out / "valid" / f"{name}.lgn"
+    # Options the vectors rely on are pinned here, so that changing the library's defaults
+    # never changes a vector.
+    pinned = {"k": 256, "block": (4, 4), "stages": 1, "scale": "row", "min_size": 0, "cluster_depthwise": True}
+    legofmt.save(tensors, path, progress=False, **{**pinned, **kw})
+    header, _ = split(path.read_bytes())
+    return json.loads(header["__metadata__"]["lgn.manifest"])  # type: ignore[no-any-return]
+
+
+def codebook_ks(manifest: dict[str, Any]) -> list[int]:
+    return [c["k"] for c in manifest["codebooks"]]
+
+
+def writer_vectors(v: Vectors) -> None:
+    import torch
+
+    dtypes = {0: "F32", 1: "F16", 2: "BF16"}
+    blocks = [(1, 1), (2, 3), (1, 4), (3, 2), (2, 2)]
+    for k in [*range(2, 17), 256, 300]:
+        rng = np.random.default_rng(1000 + k)
+        block = (1, 1) if k >= 256 else blocks[k % len(blocks)]
+        grid = (20, 30) if k == 300 else (16, 32) if k == 256 else (3, 7) if k <= 16 else (4, 4)
+        x = exact_tensor(rng, k, block, grid)
+        dt = "F32" if k >= 256 else dtypes[k % 3]
+        value: Any = torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16) if dt == "BF16" else x.astype(NP_OF[dt])
+        m = save(
+            v,
+            f"save_k{k}",
+            {"w": value, "bias": np.arange(x.shape[0], dtype=np.float32)},
+            k=k,
+            block=block,
+            scale="none",
+        )
+        assert codebook_ks(m) == [k], (k, codebook_ks(m))
+        v.valid(
+            f"save_k{k}",
+            None,
+            f"legofmt.save, exact path: {dt} {list(x.shape)} in {block[0]}x{block[1]} blocks with exactly {k} distinct "
+            f"blocks -> k={k}, {bits_for_k(k)}-bit indices, no scale; a raw F32 bias",
+        )
+
+    rng = np.random.default_rng(1)
+    conv = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    m = save(v, "save_conv_rank4_odd", {"conv.weight": conv}, k=8, block=(4, 4), scale="row", seed=7)
+    v.valid(
+        "save_conv_rank4_odd",
+        None,
+        "legofmt.save, k-means: rank-4 F32 [6,3,3,3] (2-D view 6x27) in 4x4 blocks: padding on the last block row "
+        f"and column; k={codebook_ks(m)[0]}, row scales",
+    )
+
+    x3 = (rng.standard_normal((5, 4, 9)) * 0.1).astype(np.float16)
+    m = save(v, "save_rank3_f16", {"attn.w": x3}, k=8, block=(2, 3), scale="tensor", seed=3)
+    v.valid(
+        "save_rank3_f16",
+        None,
+        f"legofmt.save, k-means: rank-3 F16 [5,4,9] (view 5x36) in 2x3 blocks, k={codebook_ks(m)[0]}, tensor scale",
+    )
+
+    xb = torch.from_numpy(rng.standard_normal((9, 13)).astype(np.float32)).to(torch.bfloat16)
+    m = save(v, "save_bf16", {"fc.weight": xb, "fc.bias": torch.arange(9, dtype=torch.bfloat16)}, k=16, block=(2, 2))
+    v.valid(
+        "save_bf16",
+        None,
+        f"legofmt.save, k-means: BF16 [9,13] in 2x2 blocks (odd both ways), k={codebook_ks(m)[0]}, row scales; "
+        "raw BF16 bias",
+    )
+
+    x8 = rng.standard_normal((17, 20)).astype(np.float32)
+    save(v, "save_block8x8", {"w": x8}, k=4, block=(8, 8), seed=5)
+    v.valid(
+        "save_block8x8", None, "legofmt.save, k-means: F32 [17,20] in 8x8 blocks (grid 3x3, padded), k=4, row scales"
+    )
+
+    x1 = rng.standard_normal((7, 9)).astype(np.float32)
+    save(v, "save_block1x1", {"w": x1}, k=8, block=(1, 1), scale="none", seed=11)
+    v.valid(
+        "save_block1x1", None, "legofmt.save, k-means: F32 [7,9] in 1x1 blocks (scalar quantization), k=8, no scale"
+    )
+
+    x2 = rng.standard_normal((12, 18)).astype(np.float32)
+    m = save(v, "save_stages2", {"w": x2}, k=8, block=(2, 2), stages=2, seed=2)
+    v.valid(
+        "save_stages2",
+        None,
+        f"legofmt.save, k-means: 2 residual stages (k={codebook_ks(m)}), F32 [12,18] 2x2 blocks, row scales",
+    )
+
+    x33 = (rng.standard_normal((10, 12)) * 3).astype(np.float16)
+    m = save(v, "save_stages3", {"w": x33}, k=4, block=(2, 3), stages=3, scale="tensor", seed=4)
+    v.valid(
+        "save_stages3",
+        None,
+        f"legofmt.save, k-means: 3 residual stages (k={codebook_ks(m)}), F16 [10,12] 2x3 blocks, tensor scale",
+    )
+
+    xs = (rng.standard_normal((8, 12)) * np.array([[0.01], [1], [10], [0.5], [2], [0.1], [4], [100]])).astype(
+        np.float32
+    )
+    for mode in ("none", "tensor", "row"):
+        save(v, f"save_scale_{mode}", {"w": xs}, k=8, block=(2, 4), scale=mode, seed=9)
+        v.valid(
+            f"save_scale_{mode}",
+            None,
+            f"legofmt.save, k-means: F32 [8,12] 2x4 blocks, k=8, scale={mode!r}"
+            + ("" if mode == "none" else " (stored as F16 scales)"),
+        )
+
+    xf = (rng.standard_normal((4, 8)) * np.array([[1e-6], [1.0], [1e6], [3.0]])).astype(np.float32)
+    m = save(v, "save_scale_f32", {"w": xf}, k=4, block=(2, 2), scale="row", seed=1)
+    v.valid(
+        "save_scale_f32",
+        None,
+        "legofmt.save: row scales outside the F16 normal range (1e-6 .. 1e6) are stored as an F32 scale tensor",
+    )
+
+    raw: dict[str, Any] = {
+        "bool": np.array([[True, False, True]]),
+        "u8": np.arange(7, dtype=np.uint8),
+        "i8": np.array([-128, -1, 0, 127], dtype=np.int8),
+        "u16": np.array([0, 65535, 258], dtype=np.uint16),
+        "i16": np.array([[-32768, 1], [2, 32767]], dtype=np.int16),
+        "u32": np.array([4294967295, 1], dtype=np.uint32),
+        "i32": np.arange(-3, 3, dtype=np.int32).reshape(2, 3),
+        "u64": np.array([2**64 - 1], dtype=np.uint64),
+        "i64.scalar": np.array(-5, dtype=np.int64),
+        "f16": np.array([1.5, -0.0, 65504], dtype=np.float16),
+        "f32.empty": np.zeros((0, 3), dtype=np.float32),
+        "f32.w": rng.standard_normal((4, 4)).astype(np.float32),
+        "f64": np.array([np.pi, -1e300], dtype=np.float64),
+        "bf16": torch.tensor([1.0, -2.5, 3e38], dtype=torch.bfloat16),
+    }
+    save(v, "save_raw_only", raw, raw=["*"], metadata={"note": "all raw", "ünïcode": "✓"})
+    v.valid(
+        "save_raw_only",
+        None,
+        "legofmt.save with raw=['*']: an .lgn file with no codebooks; every dtype, a rank-0 scalar, an empty "
+        "tensor, a rank-4 matrix kept raw; user metadata with non-ASCII text",
+    )
+
+    model = {
+        "features.0.weight": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "features.0.bias": rng.standard_normal(8).astype(np.float32),
+        "bn.running_mean": rng.standard_normal(8).astype(np.float32),
+        "bn.num_batches_tracked": np.array(12, dtype=np.int64),
+        "classifier.weight": rng.standard_normal((10, 24)).astype(np.float32),
+        "classifier.bias": rng.standard_normal(10).astype(np.float32),
+        "tiny.weight": rng.standard_normal((2, 3)).astype(np.float32),
+    }
+    save(v, "save_mixed_model", model, k=32, block=(4, 4), seed=1, metadata={"framework": "pt", "arch": "toy"})
+    v.valid(
+        "save_mixed_model",
+        None,
+        "legofmt.save of a small model: a conv and a linear weight clustered into one shared codebook (k=32, 4x4, "
+        "row scales), biases, a rank-0 I64 buffer and a weight smaller than one block kept raw; user metadata",
+    )
+
+
+def spec_example(v: Vectors) -> None:
+    """The worked example of spec/lgn.md ("Worked example: decoding one tensor"), byte for byte."""
+    b = Builder()
+    cb = b.codebook([[[1, 2], [3, 4]], [[5, 6], [7, 8]], [[9, 10], [11, 12]]], (2, 2))
+    b.clustered_tensor("example", "F32", [3, 1, 5], [(cb, [0, 1, 2, 2, 1, 0])], scale=("row", "F16", [1, 0.5, 2]))
+    pieces = b.pieces()
+    assert pieces[2].name == "example.lgn.idx0" and pieces[2].data == bytes([0xA4, 0x01])
+    data = b.build()
+    v.valid("spec_worked_example", data, "the worked example of spec/lgn.md: F32 [3,1,5], 2x2 blocks, k=3, row scales")
+    want = np.array([[[1, 2, 5, 6, 9]], [[1.5, 2, 3.5, 4, 5.5]], [[18, 20, 10, 12, 2]]], dtype=np.float32)
+    got, _ = reference_decoder.read(data)
+    assert np.array_equal(got["example"], want), got["example"]
+
+
+def hand_vectors(v: Vectors) -> None:
+    spec_example(v)
+    rng = np.random.default_rng(20240611)
+
+    # Every index width 1..16, with the smallest k that needs it (k=2 for 1 bit).
+    b = Builder()
+    shapes = {1: [5, 7], 2: [4, 9], 3: [3, 10], 4: [7, 7], 5: [2, 11], 6: [6, 5], 7: [5, 5], 8: [3, 3]}
+    block_of = {1: (2, 3), 2: (3, 2), 3: (1, 4), 4: (2, 2), 5: (1, 3), 6: (3, 3), 7: (1, 1), 8: (8, 8)}
+    for bits in range(1, 17):
+        k = 2 if bits == 1 else (1 << (bits - 1)) + 1
+        block = block_of.get(bits, (1, 1))
+        shape = shapes.get(bits, [3, 11])
+        if bits == 8:
+            shape = [17, 18]
+        cb = b.codebook(rng.standard_normal(k * block[0] * block[1]), block)
+        dt = ("F32", "F16", "BF16")[bits % 3]
+        b.clustered_tensor(f"t{bits}bit", dt, shape, [(cb, random_indices(rng, b.n_blocks(shape, cb), k))])
+    v.valid(
+        "hand_bits_1_to_16",
+        b.build(),
+        "every index width 1..16 bits (k = 2, 3, 5, 9, 17, ..., 32769: the smallest k of each width), the top "
+        "index k-1 used; block shapes from 1x1 to 8x8, odd shapes (edge padding), F32/F16/BF16 outputs, no scales",
+    )
+
+    # k = 65536: 16-bit indices, one codebook shared by two tensors.
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(65536), (1, 1))
+    special = np.array([0, 65535, 255, 256, 32767, 32768, 1, 65534])
+    i1 = np.concatenate([special, rng.integers(0, 65536, size=63 - special.size)])
+    b.clustered_tensor("a", "F32", [7, 9], [(cb, i1)])
+    b.clustered_tensor("b", "F16", [3, 5], [(cb, random_indices(rng, 15, 65536))], scale=("tensor", "F16", [0.5]))
+    v.valid(
+        "hand_k65536",
+        b.build(),
+        "k=65536 (16-bit indices, 0 and 65535 used), 1x1 blocks, one codebook shared by two tensors",
+    )
+
+    # Residual stages with different k per stage, values that round.
+    b = Builder()
+    cbs = [b.codebook(rng.standard_normal(k * 6), (2, 3)) for k in (5, 2, 17)]
+    for name, dt, shape in (("r.f32", "F32", [5, 7]), ("r.f16", "F16", [4, 6]), ("r.bf16", "BF16", [3, 8])):
+        stages = [(c, random_indices(rng, b.n_blocks(shape, c), b.codebooks[c][0]["k"])) for c in cbs]
+        b.clustered_tensor(name, dt, shape, stages, scale=("row", "F32", rng.uniform(0.1, 3, shape[0])))
+    two = [(c, random_indices(rng, b.n_blocks([6, 6], c), b.codebooks[c][0]["k"])) for c in cbs[:2]]
+    b.clustered_tensor("r2", "F32", [6, 6], two, scale=("tensor", "F16", [1.25]))
+    v.valid(
+        "hand_residual_stages",
+        b.build(),
+        "residual stages: 3 stages with codebooks of k=5, 2, 17 (2x3 blocks) and 2 stages; random codewords so "
+        "the order (c1 + c2) + c3, then * scale, in F32 matters; F32 row scales and an F16 tensor scale",
+    )
+
+    # Rounding to F16/BF16: exact ties (round half to even), F16 subnormals, signed zeros.
+    ties = [
+        1 + 2**-8,  # BF16 tie -> 1.0
+        1 + 3 * 2**-8,  # BF16 tie -> 1 + 2^-6
+        -(1 + 2**-8),
+        1 + 2**-11,  # F16 tie -> 1.0
+        1 + 3 * 2**-11,  # F16 tie -> 1 + 2^-9
+        2**-25,  # F16 subnormal tie -> 0
+        3 * 2**-25,  # F16 subnormal tie -> 2^-23
+        2**-24 * 1.25,
+        -0.0,
+        0.0,
+        65504.0,
+        6.0e-5,
+        1 + 2**-8 + 2**-20,  # just above a BF16 tie -> up
+        1 + 2**-11 - 2**-20,  # just below an F16 tie -> down
+        0.1,
+        -3.3,
+    ]
+    b = Builder()
+    cb = b.codebook(ties, (1, 1))
+    idx = np.arange(16)
+    for dt in ("F16", "BF16", "F32"):
+        b.clustered_tensor(f"ties.{dt.lower()}", dt, [4, 4], [(cb, idx)])
+    b.clustered_tensor(
+        "ties.scaled.bf16", "BF16", [4, 4], [(cb, idx[::-1])], scale=("row", "F16", [1.0, -1.0, 0.5, 2.0])
+    )
+    v.valid(
+        "hand_rounding",
+        b.build(),
+        "conversion to the output dtype rounds to nearest, ties to even: exact F16 and BF16 ties, F16 subnormals "
+        "and subnormal ties, -0.0, 65504; also through a row scale",
+    )
+
+    # Special scales: zero, negative, F16 subnormal, F16 max; -0.0 products.
+    b = Builder()
+    cb = b.codebook([[0.5, -0.0, 1.0, -2.0], [0.25, 0.0, -1.5, 3.0]], (2, 2))
+    idx = random_indices(rng, b.n_blocks([6, 5], cb), 2)
+    scales = np.array([0.0, -1.0, 2**-20, 65504.0, -0.0, 0.333], dtype=np.float16)
+    b.clustered_tensor("s.row", "F32", [6, 5], [(cb, idx)], scale=("row", "F16", scales))
+    b.clustered_tensor("s.tensor.neg", "F16", [6, 5], [(cb, idx[::-1])], scale=("tensor", "F32", [-0.75]))
+    b.clustered_tensor("s.tensor.zero", "BF16", [6, 5], [(cb, idx)], scale=("tensor", "F32", [0.0]))
+    v.valid(
+        "hand_scale_special",
+        b.build(),
+        "scale values a reader must apply as they are: 0, -1, an F16 subnormal, 65504, -0.0 (row, F16) and "
+        "negative or zero tensor scales (F32); signed zeros in codewords",
+    )
+
+    # Shared codebooks, stages naming codebooks out of order, one tensor with no scale.
+    b = Builder()
+    c0 = b.codebook(rng.standard_normal(4 * 4), (2, 2))
+    c1 = b.codebook(rng.standard_normal(3 * 4), (2, 2))
+    b.clustered_tensor("x", "F32", [4, 6], [(c1, random_indices(rng, 6, 3)), (c0, random_indices(rng, 6, 4))])
+    b.clustered_tensor("y", "F32", [3, 3], [(c0, random_indices(rng, 4, 4))])
+    b.clustered_tensor("z", "F16", [5, 2], [(c0, random_indices(rng, 3, 4)), (c1, random_indices(rng, 3, 3))])
+    b.raw_tensor("bias", "F32", rng.standard_normal(4).astype(np.float32))
+    v.valid(
+        "hand_shared_codebooks",
+        b.build(),
+        "two codebooks shared by three tensors; a tensor whose stage 0 uses codebook 1 and stage 1 codebook 0",
+    )
+
+    # Index tensors with extra bytes (up to 7) and set bits past the last index: ignored.
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(5 * 3), (1, 3))
+    b.clustered_tensor("p", "F32", [3, 7], [(cb, random_indices(rng, 9, 5))], index_extra=b"\xff" * 4)
+    pieces = b.pieces()
+    for p in pieces:
+        if p.name == "p.lgn.idx0":
+            data = bytearray(p.data)
+            data[3] |= 0xF8  # 9 indices x 3 bits = 27 bits: bits 27..31 of the stream are unused
+            p.data = bytes(data) + b"\xaa\xbb\xcc"  # 4 + 3 = 7 extra bytes in all
+            p.shape = [len(p.data)]
+            p.pad_to_8 = False
+    v.valid(
+        "hand_index_padding",
+        lgn_file(pieces, b.manifest()),
+        "an index tensor with 7 extra bytes (non-zero) after the packed indices and non-zero unused bits at the end "
+        "of the bit stream: readers must ignore both",
+    )
+
+    # A newer minor version with fields this reader does not know: accepted, unknown fields ignored.
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(4 * 2), (1, 2))
+    b.clustered_tensor("m", "F32", [2, 4], [(cb, random_indices(rng, 4, 4))], scale=("row", "F16", [1.0, 2.0]))
+    b.raw_tensor("n", "I32", np.array([1, 2, 3], dtype=np.int32))
+    man = b.manifest()
+    man["future_top_level"] = {"anything": [1, 2]}
+    man["codebooks"][0]["future_codebook_field"] = "x"
+    man["tensors"][0]["future_tensor_field"] = 1
+    man["tensors"][0]["stages"][0]["future_stage_field"] = None
+    man["tensors"][0]["scale"]["future_scale_field"] = True
+    v.valid(
+        "hand_minor_version",
+        lgn_file(b.pieces(), man, version="1.9", extra_metadata={"lgn.future": "ignored", "user": "kept"}),
+        "lgn.version '1.9' (a newer minor) with unknown manifest fields at every level and an unknown lgn.* "
+        "metadata key: a 1.x reader must accept it and ignore what it does not know",
+    )
+
+    # Zero-size clustered tensors (no blocks): valid, decode to empty tensors.
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(3 * 4), (2, 2))
+    b.clustered_tensor("empty.rows", "F32", [0, 6], [(cb, [])])
+    b.clustered_tensor("empty.cols", "F16", [4, 0, 3], [(cb, [])], scale=("row", "F16", [1, 2, 3, 4]))
+    b.clustered_tensor("nonempty", "F32", [2, 2], [(cb, [2])])
+    v.valid(
+        "hand_empty_clustered",
+        b.build(),
+        "clustered tensors with zero elements ([0,6] and [4,0,3]: no blocks, empty index tensors) and a 1-block one",
+    )
+
+    # A non-canonical but valid layout: unsorted header keys, raw tensor first, codebook last,
+    # header not padded to 8 bytes.
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(2 * 4), (4, 1))
+    b.clustered_tensor("q", "BF16", [9, 2], [(cb, random_indices(rng, 6, 2))])
+    b.raw_tensor("r", "U8", np.arange(5, dtype=np.uint8))
+    ps = b.pieces()
+    ps = [ps[2], ps[1], ps[0]]  # r, q.lgn.idx0, lgn.codebook.0
+    for p in ps:
+        p.pad_to_8 = False
+    v.valid(
+        "hand_noncanonical_layout",
+        lgn_file(ps, b.manifest(), sort_keys=False, align=1),
+        "valid but not as legofmt writes it: header keys unsorted, data order raw / indices / codebook, header "
+        "length not a multiple of 8 (so tensors are unaligned)",
+    )
+
+    # Plain safetensors files: every tensor is read as a raw tensor.
+    ps = [
+        Piece("weight", "F32", [3, 4], rng.standard_normal((3, 4)).astype("<f4").tobytes()),
+        Piece("half", "F16", [2, 2], np.array([1, 2, 3, 4], dtype="<f2").tobytes()),
+        Piece("brain", "BF16", [3], np.array([0x3F80, 0xC020, 0x7F7F], dtype="<u2").tobytes()),
+        Piece("count", "I32", [], np.array(7, dtype="<i4").tobytes()),
+        Piece("nothing", "U8", [0], b""),
+    ]
+    v.valid(
+        "plain_safetensors",
+        st_file(ps),
+        "a plain safetensors file (no __metadata__): every tensor is raw",
+        ext=".safetensors",
+    )
+    ps = [Piece("w", "F64", [2], np.array([1.0, -2.0], dtype="<f8").tobytes())]
+    v.valid(
+        "plain_with_metadata",
+        st_file(ps, {"format": "pt", "lgnish": "not an lgn key"}),
+        "a safetensors file with user __metadata__ but no lgn.* keys: a plain file, every tensor raw",
+        ext=".safetensors",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Invalid vectors
+# ---------------------------------------------------------------------------------------------
+
+
+def base_builder() -> Builder:
+    """The small valid file every invalid vector edits: two codebooks, one clustered tensor with
+    two stages and row scales, two raw tensors."""
+    rng = np.random.default_rng(7)
+    b = Builder()
+    c0 = b.codebook(rng.standard_normal(5 * 6), (2, 3))
+    c1 = b.codebook(rng.standard_normal(2 * 6), (2, 3))
+    b.clustered_tensor(
+        "w",
+        "F32",
+        [5, 7],
+        [(c0, random_indices(rng, 9, 5)), (c1, random_indices(rng, 9, 2))],
+        scale=("row", "F16", [1, 0.5, 2, 0.25, 1.5]),
+    )
+    b.raw_tensor("b", "F32", rng.standard_normal(5).astype(np.float32))
+    b.raw_tensor("n", "I64", np.array([1, -1], dtype=np.int64))
+    return b
+
+
+class Edit:
+    """A base file taken apart (header JSON, manifest, stored tensor bytes) for editing."""
+
+    def __init__(self) -> None:
+        b = base_builder()
+        self.pieces = {p.name: p for p in b.pieces()}
+        st_file(list(self.pieces.values()))  # apply the index padding once, then keep it
+        for p in self.pieces.values():
+            p.pad_to_8 = False
+        self.order = list(self.pieces)
+        self.manifest = b.manifest()
+        self.version = "1.0"
+        self.metadata: dict[str, str] = {}
+
+    def piece(self, name: str) -> Piece:
+        return self.pieces[name]
+
+    def set_data(self, name: str, data: bytes) -> None:
+        self.pieces[name].data = data
+        self.pieces[name].shape = [len(data) // DTYPE_SIZE[self.pieces[name].dtype]]
+
+    def bytes(self, *, crc_overrides: dict[str, int] | None = None) -> bytes:
+        pieces = [copy.copy(self.pieces[n]) for n in self.order]
+        out = lgn_file(pieces, self.manifest, version=self.version, extra_metadata=self.metadata)
+        if crc_overrides:
+            header, data = split(out)
+            man = json.loads(header["__metadata__"]["lgn.manifest"])
+            man["crc32"].update(crc_overrides)
+            header["__metadata__"]["lgn.manifest"] = dumps(man)
+            out = header_bytes(header) + data
+        return out
+
+
+def reheader(buf: bytes, fn: Callable[[dict[str, Any]], Any]) -> bytes:
+    """Applies ``fn`` to the parsed header (in place) and re-serialises it."""
+    header, data = split(buf)
+    fn(header)
+    return header_bytes(header) + data
+
+
+def with_manifest(buf: bytes, fn: Callable[[dict[str, Any]], Any]) -> bytes:
+    def edit(h: dict[str, Any]) -> None:
+        m = json.loads(h["__metadata__"]["lgn.manifest"])
+        fn(m)
+        h["__metadata__"]["lgn.manifest"] = dumps(m)
+
+    return reheader(buf, edit)
+
+
+def invalid_vectors(v: Vectors) -> None:
+    base = Edit().bytes()
+    (v.out / "invalid" / "_base.lgn").write_bytes(base)
+    header, data = split(base)
+    hdr_text = base[8 : 8 + struct.unpack("<Q", base[:8])[0]].decode()
+    f = "FormatError"
+
+    def inv(name: str, buf: bytes, desc: str, msg: list[str], error: str = f, at: str = "open") -> None:
+        v.invalid(name, buf, error, desc, msg, at)
+
+    # --- the envelope --------------------------------------------------------------------------
+    inv("truncated_prefix", base[:5], "5-byte file: too short for the 8-byte header length", ["too short"])
+    inv(
+        "truncated_data",
+        base[:-3],
+        "the last 3 bytes cut off: a tensor's data_offsets run past the data section",
+        ["`b`", "data_offsets"],
+    )
+    inv(
+        "header_len_past_eof",
+        struct.pack("<Q", len(base)) + base[8:],
+        "the header length is larger than the file",
+        ["header length", "past the end"],
+    )
+    inv(
+        "header_len_over_limit",
+        struct.pack("<Q", 100 * 1024 * 1024 + 1) + base[8:],
+        "the header length exceeds the 100 MiB limit (checked before the file size)",
+        ["header length", "limit"],
+    )
+    inv(
+        "header_not_json",
+        header_bytes('{"b": {"dtype": ') + data,
+        "the header starts with '{' but is not JSON",
+        ["header", "JSON"],
+    )
+    inv("header_not_utf8", struct.pack("<Q", 8) + b"{\xff\xfe}    " + data, "the header is not UTF-8", ["UTF-8"])
+    inv("header_not_object", header_bytes("[1,2,3]") + data, "the header is a JSON array, not an object", ["header"])
+    inv(
+        "header_leading_space",
+        header_bytes(" " + hdr_text.rstrip()) + data,
+        "the header does not start with '{'",
+        ["header"],
+    )
+
+    dup_entry = '"b":' + dumps(header["b"])
+    inv(
+        "duplicate_tensor_names",
+        header_bytes(hdr_text.rstrip()[:-1] + "," + dup_entry + "}") + data,
+        "the header names the stored tensor 'b' twice",
+        ["duplicate", "`b`"],
+    )
+
+    def offsets(name: str, b_: int, e_: int) -> Callable[[dict[str, Any]], None]:
+        def fn(h: dict[str, Any]) -> None:
+            h[name]["data_offsets"] = [b_, e_]
+
+        return fn
+
+    sb, se = header["w.lgn.scale"]["data_offsets"]
+    inv(
+        "overlapping_offsets",
+        reheader(base, offsets("w.lgn.scale", sb - 2, se - 2)),
+        "the scale tensor's range starts 2 bytes inside the previous tensor",
+        ["`w.lgn.scale`", "overlaps"],
+    )
+    bb, be = header["b"]["data_offsets"]
+    inv(
+        "hole_in_data",
+        reheader(base + b"\0" * 4, offsets("b", bb + 4, be + 4)),
+        "4 unused bytes between the last two tensors (the data section still ends with the last tensor)",
+        ["`b`", "hole"],
+    )
+    inv("trailing_bytes", base + b"\0" * 8, "8 bytes after the last tensor that no tensor covers", ["trailing"])
+    inv(
+        "offset_out_of_range",
+        reheader(base, offsets("b", header["b"]["data_offsets"][0], len(data) + 4)),
+        "a tensor's end offset lies past the end of the data section",
+        ["`b`", "data_offsets"],
+    )
+    inv(
+        "offsets_reversed",
+        reheader(base, offsets("b", header["b"]["data_offsets"][1], header["b"]["data_offsets"][0])),
+        "a tensor's end offset is before its begin offset",
+        ["`b`", "data_offsets"],
+    )
+
+    def entry(name: str, key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+        def fn(h: dict[str, Any]) -> None:
+            h[name][key] = value
+
+        return fn
+
+    inv(
+        "shape_product_mismatch",
+        reheader(base, entry("b", "shape", [6])),
+        "F32 [6] needs 24 bytes but the range holds 20",
+        ["`b`", "data_offsets", "needs 24"],
+    )
+    inv(
+        "unknown_dtype",
+        reheader(base, entry("b", "dtype", "Q7")),
+        "a stored tensor of dtype 'Q7'",
+        ["`b`", "dtype", "Q7"],
+    )
+    inv("negative_dim", reheader(base, entry("b", "shape", [-5])), "a negative dimension", ["`b`", "-5"])
+    inv(
+        "huge_dims_overflow",
+        reheader(base, entry("b", "shape", [2**62, 2**62])),
+        "dimensions whose product overflows 64 bits",
+        ["`b`", "shape", "overflows"],
+    )
+    inv(
+        "dim_not_u64",
+        header_bytes(hdr_text.replace('"shape":[5]', '"shape":[18446744073709551621]')) + data,
+        "a dimension larger than 2^64-1",
+        ["`b`", "u64"],
+    )
+    inv(
+        "rank_over_limit",
+        reheader(base, entry("b", "shape", [1] * 32 + [5])),
+        "rank 33 (the limit is 32)",
+        ["`b`", "shape", "rank"],
+    )
+    inv(
+        "unknown_entry_field",
+        reheader(base, entry("b", "extra", 1)),
+        "a header entry with a field besides dtype, shape and data_offsets",
+        ["`b`", "extra"],
+    )
+    inv(
+        "metadata_not_strings",
+        reheader(base, lambda h: h["__metadata__"].update({"user": 1})),
+        "a __metadata__ value that is not a string",
+        ["header", "string"],
+    )
+
+    # --- versions ------------------------------------------------------------------------------
+    e = Edit()
+    e.version = "2.0"
+    inv(
+        "version_major_2",
+        e.bytes(),
+        "lgn.version '2.0': a newer major version",
+        ["2.0"],
+        error="UnsupportedVersionError",
+    )
+    e.version = "0.9"
+    inv(
+        "version_major_0",
+        e.bytes(),
+        "lgn.version '0.9': an unknown older major version",
+        ["0.9"],
+        error="UnsupportedVersionError",
+    )
+    e.version = "1"
+    inv("version_malformed", e.bytes(), "lgn.version '1' is not MAJOR.MINOR", ["lgn.version"])
+    inv(
+        "manifest_without_version",
+        reheader(base, lambda h: h["__metadata__"].pop("lgn.version")),
+        "lgn.manifest present, lgn.version missing",
+        ["lgn.version"],
+    )
+    inv(
+        "version_without_manifest",
+        reheader(base, lambda h: h["__metadata__"].pop("lgn.manifest")),
+        "lgn.version present, lgn.manifest missing",
+        ["lgn.manifest"],
+    )
+
+    # --- the manifest --------------------------------------------------------------------------
+    inv(
+        "manifest_not_json",
+        reheader(base, lambda h: h["__metadata__"].update({"lgn.manifest": "{codebooks: []"})),
+        "lgn.manifest is not JSON",
+        ["lgn.manifest"],
+    )
+    inv(
+        "manifest_missing_crc32",
+        with_manifest(base, lambda m: m.pop("crc32")),
+        "the manifest has no crc32 field",
+        ["lgn.manifest", "crc32"],
+    )
+    inv(
+        "manifest_unknown_encoding",
+        with_manifest(base, lambda m: m["tensors"][1].update({"encoding": "lzma"})),
+        "a tensor with encoding 'lzma'",
+        ["lgn.manifest", "lzma"],
+    )
+
+    def mtensor(i: int, **kv: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda m: m["tensors"][i].update(kv)
+
+    def stage(i: int, s: int, **kv: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda m: m["tensors"][i]["stages"][s].update(kv)
+
+    def mcodebook(i: int, **kv: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda m: m["codebooks"][i].update(kv)
+
+    inv(
+        "manifest_missing_tensor",
+        with_manifest(base, stage(0, 1, indices="w.lgn.idx7")),
+        "a stage names the stored tensor 'w.lgn.idx7', which does not exist",
+        ["`w`", "`w.lgn.idx7`", "does not exist"],
+    )
+    e = Edit()
+    e.pieces["extra"] = Piece("extra", "U8", [3], b"abc")
+    e.order.append("extra")
+    inv(
+        "stored_tensor_unreferenced",
+        e.bytes(),
+        "a stored tensor the manifest does not reference",
+        ["`extra`", "not referenced"],
+    )
+    inv(
+        "stored_tensor_used_twice",
+        with_manifest(base, stage(0, 1, indices="w.lgn.idx0")),
+        "two stages use the same stored index tensor",
+        ["`w`", "`w.lgn.idx0`", "twice"],
+    )
+    inv(
+        "duplicate_manifest_tensor",
+        with_manifest(base, lambda m: m["tensors"].append(dict(m["tensors"][1]))),
+        "the manifest lists the original tensor 'b' twice",
+        ["`b`"],
+    )
+    inv(
+        "manifest_unknown_dtype",
+        with_manifest(base, mtensor(0, dtype="F8")),
+        "an original tensor of dtype 'F8'",
+        ["`w`", "dtype", "F8"],
+    )
+    inv(
+        "raw_entry_mismatch",
+        with_manifest(base, mtensor(1, shape=[1, 5])),
+        "a raw tensor whose manifest shape differs from the stored tensor's",
+        ["`b`", "shape"],
+    )
+    inv(
+        "clustered_int_dtype",
+        with_manifest(base, mtensor(0, dtype="I32")),
+        "a clustered tensor of dtype I32 (only F32, F16 and BF16 can be clustered)",
+        ["`w`", "I32"],
+    )
+    inv(
+        "clustered_rank1",
+        with_manifest(base, mtensor(0, shape=[35])),
+        "a clustered tensor of rank 1 (a block grid needs rank >= 2)",
+        ["`w`", "shape", "rank"],
+    )
+    inv(
+        "manifest_shape_overflow",
+        with_manifest(base, mtensor(0, shape=[2**40, 2**40])),
+        "a clustered tensor whose shape overflows",
+        ["`w`", "shape", "overflows"],
+    )
+
+    # Codebooks.
+    inv(
+        "bits_inconsistent_with_k",
+        with_manifest(base, mcodebook(0, bits=4)),
+        "codebook 0 has k=5 but bits=4 (must be ceil(log2 k) = 3)",
+        ["`lgn.codebook.0`", "bits=4", "needs 3"],
+    )
+    inv(
+        "k_too_small",
+        with_manifest(base, mcodebook(1, k=1, bits=1)),
+        "a codebook with k=1",
+        ["`lgn.codebook.1`", "k=1"],
+    )
+    inv(
+        "k_too_large",
+        with_manifest(base, mcodebook(1, k=65537, bits=17)),
+        "a codebook with k=65537",
+        ["`lgn.codebook.1`", "k=65537"],
+    )
+    inv(
+        "block_too_large",
+        with_manifest(base, mcodebook(0, block=[9, 1])),
+        "block side 9 (sides are 1..8)",
+        ["`lgn.codebook.0`", "block"],
+    )
+    inv("block_zero", with_manifest(base, mcodebook(0, block=[0, 3])), "block side 0", ["`lgn.codebook.0`", "block"])
+    inv(
+        "codebook_wrong_shape",
+        with_manifest(base, mcodebook(0, block=[3, 2])),
+        "codebook 0 is stored as F32 [5, 2, 3] but the manifest says block [3, 2]",
+        ["`lgn.codebook.0`", "[5, 3, 2]"],
+    )
+    e = Edit()
+    e.pieces["lgn.codebook.1"].dtype = "F16"
+    e.set_data("lgn.codebook.1", np.zeros(12, dtype="<f2").tobytes())
+    e.pieces["lgn.codebook.1"].shape = [2, 2, 3]
+    inv("codebook_wrong_dtype", e.bytes(), "a codebook stored as F16 (codebooks are F32)", ["`lgn.codebook.1`", "F32"])
+    e = Edit()
+    cbv = np.frombuffer(e.piece("lgn.codebook.0").data, "<f4").copy()
+    cbv[7] = np.nan
+    e.pieces["lgn.codebook.0"].data = cbv.tobytes()
+    inv("codebook_not_finite", e.bytes(), "a NaN codeword value (checksum updated)", ["`lgn.codebook.0`", "finite"])
+    inv(
+        "stage_codebook_out_of_range",
+        with_manifest(base, stage(0, 1, codebook=2)),
+        "a stage names codebook 2 of 2",
+        ["`w`", "codebook 2"],
+    )
+    e = Edit()
+    e.manifest["codebooks"][1]["block"] = [3, 2]
+    e.pieces["lgn.codebook.1"].shape = [2, 3, 2]
+    inv(
+        "stages_block_mismatch",
+        e.bytes(),
+        "the two stages of a tensor use codebooks of different block shapes (2x3 and 3x2)",
+        ["`w`", "block"],
+    )
+    inv(
+        "zero_stages",
+        with_manifest(base, mtensor(0, stages=[])),
+        "a clustered tensor with no stages",
+        ["`w`", "stages"],
+    )
+    e = Edit()
+    stages = []
+    for s in range(17):
+        name = f"w.lgn.idx{s}"
+        if name not in e.pieces:
+            e.pieces[name] = Piece(name, "U8", [8], b"\0" * 8)
+            e.order.insert(e.order.index("b"), name)
+        stages.append({"codebook": 1, "indices": name})
+    e.manifest["tensors"][0]["stages"] = stages
+    inv("too_many_stages", e.bytes(), "17 residual stages (the limit is 16)", ["`w`", "stages", "16"])
+
+    # Index tensors.
+    e = Edit()
+    e.set_data("w.lgn.idx0", e.piece("w.lgn.idx0").data[:3])
+    e.pieces["w.lgn.idx0"].shape = [3]
+    inv(
+        "indices_too_short",
+        e.bytes(),
+        "9 blocks of 3 bits need 4 bytes of indices; 3 are stored",
+        ["`w`", "stages[0]", "indices"],
+    )
+    e = Edit()
+    e.set_data("w.lgn.idx1", e.piece("w.lgn.idx1").data + b"\0" * 16)
+    inv(
+        "indices_too_long",
+        e.bytes(),
+        "an index tensor 8 or more bytes longer than the packed indices need",
+        ["`w`", "stages[1]", "indices"],
+    )
+    e = Edit()
+    e.pieces["w.lgn.idx0"].dtype = "I8"
+    inv("indices_not_u8", e.bytes(), "an index tensor of dtype I8 (must be U8)", ["`w`", "stages[0]", "U8"])
+    e = Edit()
+    p = e.pieces["w.lgn.idx0"]
+    p.shape = [2, len(p.data) // 2]
+    inv("indices_rank2", e.bytes(), "an index tensor of rank 2 (must be 1-D)", ["`w`", "stages[0]", "U8"])
+    e = Edit()
+    idx = np.zeros(9, dtype=np.int64)
+    idx[4] = 7  # k = 5
+    e.set_data("w.lgn.idx0", pack(idx, 3) + e.piece("w.lgn.idx0").data[4:])
+    inv(
+        "index_out_of_range",
+        e.bytes(),
+        "block 4 of stage 0 holds index 7 but codebook 0 has k=5 (checksum updated): found when decoding or verifying",
+        ["`w`", "index 7", "block 4", "k=5"],
+        at="decode",
+    )
+
+    # Scales.
+    e = Edit()
+    e.set_data("w.lgn.scale", np.ones(4, dtype="<f2").tobytes())
+    inv("scale_wrong_length", e.bytes(), "4 row scales for a tensor of 5 rows", ["`w`", "scale", "[5]"])
+    inv(
+        "scale_tensor_mode_length",
+        with_manifest(base, lambda m: m["tensors"][0]["scale"].update({"mode": "tensor"})),
+        "mode 'tensor' needs one scale; 5 are stored",
+        ["`w`", "scale", "[1]"],
+    )
+    e = Edit()
+    e.pieces["w.lgn.scale"].dtype = "BF16"
+    inv("scale_wrong_dtype", e.bytes(), "scales stored as BF16 (must be F16 or F32)", ["`w`", "scale", "F16 or F32"])
+    inv(
+        "scale_mode_unknown",
+        with_manifest(base, lambda m: m["tensors"][0]["scale"].update({"mode": "column"})),
+        "scale mode 'column'",
+        ["`w`", "scale", "column"],
+    )
+    inv(
+        "scale_mode_none",
+        with_manifest(base, lambda m: m["tensors"][0]["scale"].update({"mode": "none"})),
+        "scale mode 'none' (no scaling is written as no scale entry)",
+        ["`w`", "scale", "none"],
+    )
+
+    # Checksums.
+    e = Edit()
+    d = bytearray(e.piece("w.lgn.idx1").data)
+    d[0] ^= 0x01
+    good = zlib.crc32(e.piece("w.lgn.idx1").data)
+    e.pieces["w.lgn.idx1"].data = bytes(d)
+    inv(
+        "crc_mismatch_indices",
+        e.bytes(crc_overrides={"w.lgn.idx1": good}),
+        "one bit of an index tensor flipped after the checksum was computed",
+        ["`w.lgn.idx1`"],
+        error="ChecksumError",
+        at="decode",
+    )
+    e = Edit()
+    good = zlib.crc32(e.piece("n").data)
+    e.pieces["n"].data = e.piece("n").data[:-1] + b"\x7f"
+    inv(
+        "crc_mismatch_raw",
+        e.bytes(crc_overrides={"n": good}),
+        "a byte of a raw tensor changed after the checksum was computed",
+        ["`n`"],
+        error="ChecksumError",
+        at="decode",
+    )
+    e = Edit()
+    good = zlib.crc32(e.piece("w.lgn.scale").data)
+    e.pieces["w.lgn.scale"].data = b"\x00\x40" + e.piece("w.lgn.scale").data[2:]
+    inv(
+        "crc_mismatch_scale",
+        e.bytes(crc_overrides={"w.lgn.scale": good}),
+        "a scale changed after the checksum was computed",
+        ["`w.lgn.scale`"],
+        error="ChecksumError",
+        at="decode",
+    )
+    e = Edit()
+    good = zlib.crc32(e.piece("lgn.codebook.1").data)
+    cbv = np.frombuffer(e.piece("lgn.codebook.1").data, "<f4").copy()
+    cbv[0] += 1
+    e.pieces["lgn.codebook.1"].data = cbv.tobytes()
+    inv(
+        "crc_mismatch_codebook",
+        e.bytes(crc_overrides={"lgn.codebook.1": good}),
+        "a codeword changed after the checksum was computed: codebooks are checked when the file is opened",
+        ["`lgn.codebook.1`"],
+        error="ChecksumError",
+        at="open",
+    )
+    inv(
+        "crc_missing",
+        with_manifest(base, lambda m: m["crc32"].pop("b")),
+        "no checksum for the stored tensor 'b'",
+        ["`b`", "crc32"],
+    )
+    inv(
+        "crc_unknown_tensor",
+        with_manifest(base, lambda m: m["crc32"].update({"ghost": 0})),
+        "a checksum for a stored tensor that does not exist",
+        ["`ghost`", "crc32"],
+    )
+    inv(
+        "crc_not_u32",
+        with_manifest(base, lambda m: m["crc32"].update({"b": 2**32})),
+        "a checksum that does not fit in 32 bits",
+        ["lgn.manifest", "u32"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+README_HEAD = """# .lgn conformance vectors
+
+Generated by `generate.py` (deterministic; do not edit by hand: edit the script and run
+`python spec/vectors/generate.py`). The format is specified in [`../lgn.md`](../lgn.md).
+
+* `valid/NAME.lgn` (or `.safetensors`): a valid file. `valid/NAME.expected.safetensors` holds
+  every tensor a reader must return, decoded, in its original dtype, shape and name (a plain
+  safetensors file). A conforming reader decodes each tensor **bit for bit** equal to it.
+* `invalid/NAME.lgn`: an invalid file. A conforming reader must reject it with the error class
+  listed (Python: `legofmt.<class>`, a subclass of `legofmt.LgnError`; Rust: the
+  `LgnError` variant of the same name without `Error`) and a message containing every listed
+  word. *At* says when legofmt's lazy reader finds the problem: `open` (opening validates the
+  envelope, the manifest and the codebooks) or `decode` (opening succeeds; decoding the tensor
+  that uses the bad bytes, and `verify`, must fail). Readers that validate eagerly may report
+  `decode` errors at open.
+* `invalid/_base.lgn` is the valid file the invalid vectors are edited from (not a vector).
+* `manifest.json` lists every vector for the test suites: `file`, `valid`, then `expected`, or
+  `error`, `message_contains` and `detected_at`, and `description`.
+
+Both test suites run every vector: `tests/test_vectors.py` (legofmt, the reference decoder and
+`safetensors.safe_open`) and `rust/legofmt/tests/vectors.rs` (`LgnFile`).
+"""
+
+
+def write_readme(v: Vectors) -> None:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    lines = [README_HEAD, "## Valid vectors\n", "| file | covers | expected |", "|---|---|---|"]
+    for e in v.entries:
+        if e["valid"]:
+            lines.append(f"| `{e['file']}` | {esc(e['description'])} | `{e['expected']}` |")
+    lines += ["", "## Invalid vectors\n", "| file | covers | error | message names | at |", "|---|---|---|---|---|"]
+    for e in v.entries:
+        if not e["valid"]:
+            words = ", ".join(f"`` {esc(m)} ``" if "`" in m else f"`{esc(m)}`" for m in e["message_contains"])
+            lines.append(f"| `{e['file']}` | {esc(e['description'])} | `{e['error']}` | {words} | {e['detected_at']} |")
+    n_valid = sum(e["valid"] for e in v.entries)
+    lines += ["", f"{n_valid} valid and {len(v.entries) - n_valid} invalid vectors.", ""]
+    (v.out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=HERE, help="output folder (default: this folder)")
+    args = ap.parse_args(argv)
+    out: Path = args.out
+    for sub in ("valid", "invalid"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+        (out / sub).mkdir(parents=True)
+    v = Vectors(out)
+    writer_vectors(v)
+    hand_vectors(v)
+    invalid_vectors(v)
+    (out / "manifest.json").write_text(json.dumps({"format_version": "1.0", "vectors": v.entries}, indent=1) + "\n")
+    write_readme(v)
+    n_valid = sum(e["valid"] for e in v.entries)
+    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"{n_valid} valid, {len(v.entries) - n_valid} invalid vectors; {total / 1024:.0f} KiB in {out}")
+    for d in v.deviations:
+        print(f"READER DEVIATION {d}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
