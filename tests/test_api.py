@@ -36,7 +36,7 @@ def test_module_dict_and_numpy_inputs_give_the_same_file(tmp_path, state):
 
 
 def test_policy_keeps_small_integer_and_1d_tensors_raw(tmp_path, state):
-    report = legofmt.save(state, tmp_path / "m.lgn", k=32)
+    report = legofmt.save(state, tmp_path / "m.lgn", k=32, block=(4, 4), min_size=0)
     enc = {t.name: t.clustered for t in report.tensors}
     assert enc == {
         "conv.weight": True,
@@ -58,8 +58,25 @@ def test_raw_patterns_and_min_size(tmp_path, state):
     enc = {t.name: t.clustered for t in r.tensors}
     assert not enc["fc.weight"]  # pattern
     assert enc["conv.weight"] is False  # 1152 elements < min_size
-    r = legofmt.save(state, tmp_path / "m.lgn", k=8, raw="fc.*")
+    r = legofmt.save(state, tmp_path / "m.lgn", k=8, raw="fc.*", min_size=0)
     assert {t.name: t.clustered for t in r.tensors}["conv.weight"]
+
+
+def test_default_policy_keeps_depthwise_and_small_tensors_raw(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "dw.weight": torch.randn(512, 1, 3, 3, generator=g),  # depthwise: raw by default
+        "pw.weight": torch.randn(512, 64, 1, 1, generator=g),  # 32,768 elements: clustered
+        "head.weight": torch.randn(10, 128, generator=g),  # 1,280 < 4,096 elements: raw
+    }
+    r = legofmt.save(state, tmp_path / "m.lgn")
+    assert {t.name: t.clustered for t in r.tensors} == {"dw.weight": False, "pw.weight": True, "head.weight": False}
+    reasons = {t.name: t.reason for t in r.tensors}
+    assert "depthwise" in reasons["dw.weight"] and "min_size=4096" in reasons["head.weight"]
+    r = legofmt.save(state, tmp_path / "m.lgn", cluster_depthwise=True, min_size=0)
+    assert all(t.clustered for t in r.tensors)
+    with pytest.raises(legofmt.InvalidArgumentError, match="min_size"):
+        legofmt.save(state, tmp_path / "m.lgn", min_size=-1)
 
 
 def test_report_and_info_agree_with_the_file(tmp_path, state):
@@ -127,7 +144,7 @@ def test_load_into_strict_and_shape_mismatch(tmp_path):
     res = legofmt.load_into(model, path, strict=False)
     assert res.missing_keys == ["bias"]
     legofmt.save({"weight": torch.randn(8, 4), "bias": torch.randn(4)}, path, k=4)
-    with pytest.raises(legofmt.InvalidArgumentError, match="weight.*shape"):
+    with pytest.raises(legofmt.InvalidArgumentError, match=r"weight.*shape"):
         legofmt.load_into(model, path)
 
 
@@ -162,10 +179,10 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(legofmt.LgnIOError) as e:
         legofmt.save({"w": torch.randn(8, 8)}, tmp_path / "missing" / "m.lgn")
     assert isinstance(e.value, OSError) and "missing" in str(e.value)
-    with pytest.raises(legofmt.LgnIOError, match="nope.lgn"):
+    with pytest.raises(legofmt.LgnIOError, match=r"nope\.lgn"):
         legofmt.load(tmp_path / "nope.lgn")
     (tmp_path / "junk.lgn").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")
-    with pytest.raises(legofmt.FormatError, match="junk.lgn"):
+    with pytest.raises(legofmt.FormatError, match=r"junk\.lgn"):
         legofmt.load(tmp_path / "junk.lgn")
 
 
@@ -183,8 +200,10 @@ def test_failed_save_keeps_the_old_file(tmp_path):
     big = {"w": torch.randn(512, 512)}
     with pytest.raises(Boom):
         legofmt._legofmt.compress_to_file(
-            str(path), [("w", "F32", [512, 512], big["w"].numpy().reshape(-1).view(np.uint8), 0)],
-            [{"k": 256, "block": (4, 4), "stages": 1, "scale": "row"}], progress=stop,
+            str(path),
+            [("w", "F32", [512, 512], big["w"].numpy().reshape(-1).view(np.uint8), 0)],
+            [{"k": 256, "block": (4, 4), "stages": 1, "scale": "row"}],
+            progress=stop,
         )
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.lgn"]
@@ -197,12 +216,12 @@ import sys
 sys.modules['torch'] = None  # any 'import torch' now raises ImportError
 import numpy as np, legofmt
 x = np.random.default_rng(0).standard_normal((32, 24)).astype(np.float32)
-r = legofmt.save({{'w': x, 'b': np.ones(3, np.float16)}}, {str(tmp_path / 'n.lgn')!r}, k=16)
-out = legofmt.load({str(tmp_path / 'n.lgn')!r}, framework='np')
+r = legofmt.save({{'w': x, 'b': np.ones(3, np.float16)}}, {str(tmp_path / "n.lgn")!r}, k=16)
+out = legofmt.load({str(tmp_path / "n.lgn")!r}, framework='np')
 assert out['w'].shape == (32, 24) and out['b'].dtype == np.float16
-assert legofmt.info({str(tmp_path / 'n.lgn')!r}).numel == 32 * 24 + 3
+assert legofmt.info({str(tmp_path / "n.lgn")!r}).numel == 32 * 24 + 3
 try:
-    legofmt.load({str(tmp_path / 'n.lgn')!r})
+    legofmt.load({str(tmp_path / "n.lgn")!r})
 except ImportError as e:
     assert 'torch' in str(e)
 else:

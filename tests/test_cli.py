@@ -40,7 +40,7 @@ def test_compress_info_verify_decompress(tmp_path, state, suffix):
         torch.save(state, src)
     else:
         save_file(state, src)
-    out = run("compress", src, "-o", tmp_path / "m.lgn", "-k", "16", "--block", "2x4", "-q")
+    out = run("compress", src, "-o", tmp_path / "m.lgn", "-k", "16", "--block", "2x4", "--min-size", "0", "-q")
     assert out.returncode == 0, out.stderr
     assert "m.lgn" in out.stdout and "x vs fp32" in out.stdout
 
@@ -65,8 +65,19 @@ def test_compress_info_verify_decompress(tmp_path, state, suffix):
 
 def test_compress_with_options_records_them(tmp_path, state):
     save_file(state, tmp_path / "m.safetensors")
-    out = run("compress", tmp_path / "m.safetensors", "-o", tmp_path / "m.lgn", "--stages", "2", "--scale",
-              "tensor", "--raw", "a.*", "-q")
+    out = run(
+        "compress",
+        tmp_path / "m.safetensors",
+        "-o",
+        tmp_path / "m.lgn",
+        "--stages",
+        "2",
+        "--scale",
+        "tensor",
+        "--raw",
+        "a.*",
+        "-q",
+    )
     assert out.returncode == 0, out.stderr
     i = legofmt.info(tmp_path / "m.lgn")
     assert all(t.encoding == "raw" for t in i.tensors)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 
-import fixtures
 import numpy as np
 import pytest
 import torch
 
+import fixtures
 import legofmt
 
 
@@ -71,3 +71,21 @@ def test_mnist_round_trip_matches_report(tmp_path, mnist, k, stages):
             if a.clustered:
                 assert a.rel_mse < b.rel_mse, a.name
         assert report.ratio < single.ratio
+
+
+def test_default_compression_keeps_the_mnist_cnn(tmp_path, mnist):
+    """legofmt.save(model, path) with no options must not destroy a model (issue 5's bound).
+
+    Measured with the defaults (2x2 blocks, k=256, 3 stages, row scales, small and depthwise
+    tensors raw): 99.96% agreement with fp32 on the 5,000 digits at 4.98x.
+    """
+    model, x, y = mnist
+    before = fixtures.predict(model, x).argmax(1)
+    report = legofmt.save(model, tmp_path / "d.lgn")
+    compressed = fixtures.mnist_cnn()
+    legofmt.load_into(compressed, tmp_path / "d.lgn")
+    after = fixtures.predict(compressed, x).argmax(1)
+    agreement = float((after == before).mean())
+    assert agreement >= 0.995, agreement
+    assert float((after == y).mean()) >= 0.99
+    assert report.ratio > 4.5

@@ -14,12 +14,12 @@ import os
 import tempfile
 
 import numpy as np
-import reference_decoder
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import legofmt
+import reference_decoder
 
 NP_OF = {"F32": np.float32, "F16": np.float16}
 
@@ -62,7 +62,7 @@ def test_round_trip_matches_reference_decoder(shapes, dtype, bits, block, stages
     state["steps"] = torch.arange(7, dtype=torch.int64)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.lgn")
-        report = legofmt.save(state, path, k=k, block=block, stages=stages, scale=scale, seed=seed % 1000)
+        report = legofmt.save(state, path, k=k, block=block, stages=stages, scale=scale, seed=seed % 1000, min_size=0)
         assert report.file_bytes == os.path.getsize(path)
         loaded = legofmt.load(path)
         expected, _ = reference_decoder.read(path)
@@ -114,7 +114,7 @@ def test_k_at_least_distinct_blocks_is_exact(rows, cols, block, distinct, dtype,
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.lgn")
         k = min(65536, max(2, n_distinct + extra))
-        report = legofmt.save({"w": t}, path, k=k, block=block, scale="none")
+        report = legofmt.save({"w": t}, path, k=k, block=block, scale="none", stages=1, min_size=0)
         got = legofmt.load(path)["w"]
     assert report.tensors[0].clustered
     assert np.array_equal(_as_bits(got), _as_bits(t))
@@ -130,7 +130,7 @@ def test_k_65536_and_bit_widths_1_to_16_exact_path():
         x = np.repeat(values, 2, axis=1)
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "m.lgn")
-            report = legofmt.save({"w": x}, path, k=k, block=(1, 1), scale="none")
+            report = legofmt.save({"w": x}, path, k=k, block=(1, 1), scale="none", stages=1, min_size=0)
             got = legofmt.load(path, framework="np")["w"]
             info = legofmt.info(path)
         assert np.array_equal(got, x), bits
@@ -144,7 +144,7 @@ def test_k_65536_with_kmeans():
     x = rng.standard_normal((700, 100)).astype(np.float32)  # 70,000 distinct 1x1 blocks
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.lgn")
-        report = legofmt.save({"w": x}, path, k=65536, block=(1, 1), max_iter=0)
+        report = legofmt.save({"w": x}, path, k=65536, block=(1, 1), max_iter=0, stages=1, min_size=0)
         got = legofmt.load(path, framework="np")["w"]
         expected, _ = reference_decoder.read(path)
     assert report.tensors[0].index_bits == 16
@@ -161,7 +161,7 @@ def test_numpy_round_trip_and_report_error_is_measured():
     state["b"] = state["b"].astype(np.float16)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.lgn")
-        report = legofmt.save(state, path, k=64)
+        report = legofmt.save(state, path, k=64, min_size=0)
         got = legofmt.load(path, framework="np")
     for t in report.tensors:
         x, y = state[t.name].astype(np.float64), got[t.name].astype(np.float64)

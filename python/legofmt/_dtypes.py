@@ -90,6 +90,5 @@ def require_torch() -> None:
         import torch  # noqa: F401
     except ImportError as e:  # pragma: no cover - exercised only without torch
         raise ImportError(
-            "this function returns PyTorch tensors; install torch (pip install 'legofmt[torch]') "
-            "or use framework='np'"
+            "this function returns PyTorch tensors; install torch (pip install 'legofmt[torch]') or use framework='np'"
         ) from e

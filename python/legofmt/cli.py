@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import _legofmt
-from ._api import info, open, save
+from ._api import DEFAULT_BLOCK, DEFAULT_STAGES, info, open, save
 from .errors import InvalidArgumentError, LgnError
 
 
@@ -84,7 +84,11 @@ def _check_destination(path: str) -> None:
 def cmd_compress(a: argparse.Namespace) -> int:
     state = _load_source(a.src)
     _check_destination(a.output)
-    options: dict[str, Any] = {"stages": a.stages, "scale": a.scale, "progress": not a.quiet, "min_size": a.min_size}
+    options: dict[str, Any] = {"stages": a.stages, "scale": a.scale, "progress": not a.quiet}
+    if a.min_size is not None:
+        options["min_size"] = a.min_size
+    if a.cluster_depthwise:
+        options["cluster_depthwise"] = True
     if a.raw:
         options["raw"] = a.raw
     report = save(state, a.output, k=a.k, block=a.block, seed=a.seed, **options)
@@ -142,11 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="input .safetensors, .pt or .pth file")
     c.add_argument("-o", "--output", required=True, help="output .lgn file")
     c.add_argument("-k", "--k", type=int, default=256, help="codewords in the shared codebook, 2..65536 (default 256)")
-    c.add_argument("--block", type=_parse_block, default=(4, 4), help="block shape HxW, sides 1..8 (default 4x4)")
-    c.add_argument("--stages", type=int, default=1, help="residual stages, 1..16 (default 1)")
+    c.add_argument(
+        "--block", type=_parse_block, default=DEFAULT_BLOCK, help="block shape HxW, sides 1..8 (default 2x2)"
+    )
+    c.add_argument("--stages", type=int, default=DEFAULT_STAGES, help="residual stages, 1..16 (default 3)")
     c.add_argument("--scale", choices=["row", "tensor", "none"], default="row", help="scaling before clustering")
     c.add_argument("--raw", action="append", metavar="PATTERN", help="glob of tensor names to keep raw (repeatable)")
-    c.add_argument("--min-size", type=int, default=0, help="tensors with fewer elements stay raw")
+    c.add_argument("--min-size", type=int, help="tensors with fewer elements stay raw (default 4096)")
+    c.add_argument("--cluster-depthwise", action="store_true", help="cluster depthwise convolutions too")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.add_argument("-v", "--verbose", action="store_true", help="print the per-tensor table")
