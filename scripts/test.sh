@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, then lint, Rust tests (with and without the
-# `parallel` feature), Python tests. Exits non-zero on the first failure.
+# `parallel` feature), the aarch64 cross tests under qemu, Python tests. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -13,6 +13,9 @@ cargo clippy -p legofmt --no-default-features --all-targets -- -D warnings
 echo "== Rust tests"
 cargo test -p legofmt
 cargo test -p legofmt --no-default-features
+
+echo "== aarch64: cross-built core tests under qemu, decode bit-identical to x86-64"
+bash scripts/aarch64.sh all
 
 echo "== Python lint and types"
 python3 -m ruff check python tests examples benches spec
