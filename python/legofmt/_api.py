@@ -41,6 +41,9 @@ SAVE_OPTIONS: dict[str, str] = {
     "batch_size": "k-means mini-batch size",
     "max_iter": "k-means iteration budget",
     "metadata": "dict of str -> str stored in the file's __metadata__",
+    "target_ratio": "search block shapes and stages: the most accurate file at least this many times smaller than fp32",
+    "max_error": "search for the smallest file whose worst clustered tensor has relative MSE <= this",
+    "candidates": "with target_ratio/max_error: list of option dicts to try instead of the built-in list",
     "progress": "show a progress bar (default: when stderr is a terminal)",
 }
 
@@ -97,7 +100,7 @@ def save(
     path: PathLike,
     *,
     k: int = DEFAULT_K,
-    block: tuple[int, int] = DEFAULT_BLOCK,
+    block: tuple[int, int] | None = None,
     seed: int = 0,
     **options: Any,
 ) -> SaveReport:
@@ -109,10 +112,35 @@ def save(
     and each block is stored as a ``ceil(log2 k)``-bit index. Other tensors are stored as they
     are (see :mod:`legofmt._policy`). Options: see :data:`SAVE_OPTIONS`. The file is written
     to a temporary file and renamed, so a failure never leaves a partial file.
+
+    ``block=None`` means the default, 2x2 (see the README, "Defaults"). With ``target_ratio=``
+    and/or ``max_error=`` the block shape and stage count are searched instead (see
+    :mod:`legofmt._target`); the report's ``search`` lists every configuration tried.
     """
     unknown = sorted(set(options) - set(SAVE_OPTIONS))
     if unknown:
         raise InvalidArgumentError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(SAVE_OPTIONS)}")
+    if {"target_ratio", "max_error", "candidates"} & set(options):
+        from . import _target
+
+        target_ratio = options.pop("target_ratio", None)
+        max_error = options.pop("max_error", None)
+        candidates = options.pop("candidates", None)
+        if block is not None:
+            options["block"] = block
+        return _target.search(
+            save,
+            obj,
+            os.fspath(path),
+            target_ratio=target_ratio,
+            max_error=max_error,
+            candidates=candidates,
+            k=k,
+            seed=seed,
+            **options,
+        )
+    if block is None:
+        block = DEFAULT_BLOCK
     if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 65536:
         raise InvalidArgumentError(f"k must be an int in 2..65536, got {k!r}")
     if (

@@ -40,6 +40,37 @@ class TensorReport:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One configuration tried by the target search of :func:`legofmt.save`."""
+
+    options: dict[str, Any]
+    file_bytes: int
+    ratio: float
+    max_rel_mse: float
+    mean_rel_mse: float
+    seconds: float
+    chosen: bool = False
+    pareto: bool = False
+    """Not dominated by another candidate in (ratio, max_rel_mse)."""
+
+
+def search_table(candidates: list[Candidate]) -> str:
+    """The candidates as a text table, best ratio first."""
+    rows = [
+        [
+            ", ".join(f"{k}={v}" for k, v in c.options.items()),
+            f"{c.ratio:.2f}x",
+            f"{c.max_rel_mse:.2e}",
+            f"{c.mean_rel_mse:.2e}",
+            f"{c.seconds:.1f}",
+            ("chosen" if c.chosen else "") + (" pareto" if c.pareto else ""),
+        ]
+        for c in sorted(candidates, key=lambda c: -c.ratio)
+    ]
+    return _table(["options", "ratio", "max rel. MSE", "mean rel. MSE", "seconds", ""], rows)
+
+
+@dataclass(frozen=True)
 class SaveReport:
     """Sizes and errors of a saved file. ``ratio`` counts every byte of the file against fp32."""
 
@@ -51,11 +82,18 @@ class SaveReport:
     seconds: float
     tensors: list[TensorReport] = field(default_factory=list)
     codebooks: list[dict[str, Any]] = field(default_factory=list)
+    search: list[Candidate] = field(default_factory=list)
+    """With ``target_ratio=`` or ``max_error=``: every configuration tried (see :class:`Candidate`)."""
 
     @property
     def ratio(self) -> float:
         """fp32 bytes of all tensors / bytes of the file."""
         return self.fp32_bytes / max(self.file_bytes, 1)
+
+    @property
+    def max_rel_mse(self) -> float:
+        """The largest relative MSE of any clustered tensor (0 when none is clustered)."""
+        return max((t.rel_mse for t in self.tensors if t.clustered), default=0.0)
 
     @property
     def ratio_source(self) -> float:

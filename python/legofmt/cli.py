@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _legofmt
 from ._api import DEFAULT_BLOCK, DEFAULT_STAGES, info, open, save
+from ._report import search_table
 from .errors import InvalidArgumentError, LgnError
 
 
@@ -84,14 +85,21 @@ def _check_destination(path: str) -> None:
 def cmd_compress(a: argparse.Namespace) -> int:
     state = _load_source(a.src)
     _check_destination(a.output)
-    options: dict[str, Any] = {"stages": a.stages, "scale": a.scale, "progress": not a.quiet}
+    options: dict[str, Any] = {"scale": a.scale, "progress": not a.quiet}
+    if a.stages is not None:
+        options["stages"] = a.stages
     if a.min_size is not None:
         options["min_size"] = a.min_size
+    if a.target_ratio is not None or a.max_error is not None:
+        options["target_ratio"] = a.target_ratio
+        options["max_error"] = a.max_error
     if a.cluster_depthwise:
         options["cluster_depthwise"] = True
     if a.raw:
         options["raw"] = a.raw
     report = save(state, a.output, k=a.k, block=a.block, seed=a.seed, **options)
+    if report.search:
+        print(search_table(report.search))
     print(report if a.verbose else report.summary())
     return 0
 
@@ -147,12 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output .lgn file")
     c.add_argument("-k", "--k", type=int, default=256, help="codewords in the shared codebook, 2..65536 (default 256)")
     c.add_argument(
-        "--block", type=_parse_block, default=DEFAULT_BLOCK, help="block shape HxW, sides 1..8 (default 2x2)"
+        "--block",
+        type=_parse_block,
+        help=f"block shape HxW, sides 1..8 (default {DEFAULT_BLOCK[0]}x{DEFAULT_BLOCK[1]})",
     )
-    c.add_argument("--stages", type=int, default=DEFAULT_STAGES, help="residual stages, 1..16 (default 3)")
+    c.add_argument("--stages", type=int, help=f"residual stages, 1..16 (default {DEFAULT_STAGES})")
     c.add_argument("--scale", choices=["row", "tensor", "none"], default="row", help="scaling before clustering")
     c.add_argument("--raw", action="append", metavar="PATTERN", help="glob of tensor names to keep raw (repeatable)")
     c.add_argument("--min-size", type=int, help="tensors with fewer elements stay raw (default 4096)")
+    c.add_argument("--target-ratio", type=float, help="search block shape and stages for this ratio vs fp32")
+    c.add_argument("--max-error", type=float, help="search for the smallest file with every tensor's rel. MSE <= this")
     c.add_argument("--cluster-depthwise", action="store_true", help="cluster depthwise convolutions too")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
