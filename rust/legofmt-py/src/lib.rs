@@ -222,7 +222,44 @@ fn compress_to_file<'py>(
     report_to_dict(py, &report)
 }
 
-/// An open `.lgn` or safetensors file (memory-mapped).
+/// Asks Linux to back `buf` with transparent huge pages before it is written, as numpy does
+/// for its own arrays. A fresh output (`torch.empty`) is then faulted in 2 MiB pages instead
+/// of 4 KiB ones: most of the cost of decoding into new tensors (`benches/decode.py`) is the
+/// first-touch page faults, not the decoding. Only the 2 MiB-aligned interior of buffers of
+/// at least 4 MiB is advised; failures are ignored (it is a hint, and THP may be off).
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn advise_huge_pages(buf: &mut [u8]) {
+    use std::os::raw::{c_int, c_void};
+    const HUGE: usize = 2 << 20;
+    const MADV_HUGEPAGE: c_int = 14;
+    extern "C" {
+        fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int;
+    }
+    if buf.len() < 2 * HUGE {
+        return;
+    }
+    let start = buf.as_mut_ptr() as usize;
+    let begin = start.next_multiple_of(HUGE);
+    let end = (start + buf.len()) / HUGE * HUGE;
+    if end > begin {
+        // SAFETY: `begin..end` lies inside `buf`, which is borrowed mutably here, and
+        // MADV_HUGEPAGE only changes how the kernel backs those pages, never their contents.
+        unsafe {
+            madvise(begin as *mut c_void, end - begin, MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+fn advise_huge_pages(_buf: &mut [u8]) {}
+
+/// An open `.lgn` or safetensors file (memory-mapped, or read on demand with `mmap=False`).
 #[pyclass(module = "legofmt._legofmt", frozen)]
 struct Reader {
     file: RwLock<Option<LgnFile>>,
@@ -245,10 +282,15 @@ impl Reader {
 #[pymethods]
 impl Reader {
     #[new]
-    #[pyo3(signature = (path, verify_checksums=true))]
-    fn new(py: Python<'_>, path: PathBuf, verify_checksums: bool) -> PyResult<Self> {
+    #[pyo3(signature = (path, verify_checksums=true, mmap=true))]
+    fn new(py: Python<'_>, path: PathBuf, verify_checksums: bool, mmap: bool) -> PyResult<Self> {
         let p = path.clone();
-        let mut file = py.detach(|| LgnFile::open(&p)).map_err(to_py)?;
+        let mut file = py
+            .detach(|| match mmap {
+                true => LgnFile::open(&p),
+                false => LgnFile::open_unmapped(&p),
+            })
+            .map_err(to_py)?;
         file.set_verify_checksums(verify_checksums);
         Ok(Reader {
             file: RwLock::new(Some(file)),
@@ -284,6 +326,7 @@ impl Reader {
         let buf = out
             .as_slice_mut()
             .map_err(|_| invalid("out", "output array must be contiguous"))?;
+        advise_huge_pages(buf);
         self.with(|f| {
             py.detach(|| f.decode_into(name, buf))
                 .map_err(|e| to_py_in(&self.path, e))
@@ -377,7 +420,7 @@ impl Reader {
         })
     }
 
-    /// Releases the memory map; later calls raise.
+    /// Releases the memory map (or the open file); later calls raise.
     fn close(&self) {
         self.file.write().unwrap_or_else(|p| p.into_inner()).take();
     }
@@ -466,6 +509,65 @@ fn unpack_indices<'py>(
     Ok(PyArray1::from_vec(py, legofmt::bitpack::unpack(p, bits, n)))
 }
 
+/// Runs legofmt's k-means (`legofmt::kmeans::fit`, default parameters unless given) on `data`,
+/// a C-contiguous float32 array of shape `(n, d)`, for benchmarks and tools. Returns
+/// `(centroids (k, d) float32, assignments (n,) uint32, inertia, seconds)`; `seconds` is the
+/// time of the fit alone (no copies). The GIL is released during the fit; Ctrl-C stops it.
+#[pyfunction]
+#[pyo3(signature = (data, k, seed=0, batch_size=None, max_iter=None))]
+#[allow(clippy::type_complexity)]
+fn kmeans_fit<'py>(
+    py: Python<'py>,
+    data: numpy::PyReadonlyArray2<'py, f32>,
+    k: usize,
+    seed: u64,
+    batch_size: Option<usize>,
+    max_iter: Option<usize>,
+) -> PyResult<(
+    Bound<'py, numpy::PyArray2<f32>>,
+    Bound<'py, PyArray1<u32>>,
+    f64,
+    f64,
+)> {
+    use legofmt::kmeans::{self, KMeansParams};
+    use numpy::{PyArrayMethods, PyUntypedArrayMethods};
+    let (n, d) = (data.shape()[0], data.shape()[1]);
+    let flat = data
+        .as_slice()
+        .map_err(|_| invalid("data", "must be a C-contiguous (n, d) array"))?;
+    let mut p = KMeansParams::new(k).with_seed(seed);
+    if let Some(b) = batch_size {
+        p.batch_size = b;
+    }
+    if let Some(m) = max_iter {
+        p.max_iter = m;
+    }
+    let valid = p.check(n, d).map_err(to_py)?;
+    let cb = Callback {
+        func: None,
+        error: Mutex::new(None),
+    };
+    let result = py.detach(|| {
+        let t0 = std::time::Instant::now();
+        let r = kmeans::fit(flat, d, &valid, &|_: &kmeans::Progress| {
+            cb.call(&Event {
+                phase: String::new(),
+                done: 0,
+                total: 0,
+            })
+        });
+        r.map(|r| (r, t0.elapsed().as_secs_f64()))
+    });
+    let (r, seconds) = cb.finish(result)?;
+    let centroids = PyArray1::from_vec(py, r.centroids).reshape([k, d])?;
+    Ok((
+        centroids,
+        PyArray1::from_vec(py, r.assignments),
+        r.inertia,
+        seconds,
+    ))
+}
+
 /// The native module.
 #[pymodule]
 fn _legofmt(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -474,6 +576,7 @@ fn _legofmt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(pack_indices, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(kmeans_fit, m)?)?;
     m.add_class::<Reader>()?;
     m.add(
         "FORMAT_VERSION",

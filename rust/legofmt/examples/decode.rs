@@ -2,28 +2,27 @@
 //! tensor into one `Vec<f32>` that is reused from tensor to tensor, printing min/max/mean.
 //!
 //! ```text
-//! cargo run -p legofmt --release --example decode -- model.lgn
+//! cargo run -p legofmt --release --example decode -- model.lgn [--no-mmap]
 //! ```
 //!
-//! Two reused buffers keep allocations to the size of the largest tensor:
-//! * F32 tensors that are clustered decode straight into the `f32` buffer with
-//!   [`LgnFile::decode_clustered`] (no copy, no temporary);
-//! * every other tensor is decoded with [`LgnFile::decode_into`] into a reused byte buffer, in
-//!   its source dtype (so F16/BF16 values are exactly what [`LgnFile::decode`] returns), and
-//!   widened to `f32` when it is a float tensor.
+//! [`LgnFile::decode_f32_into`] decodes any float tensor (clustered or raw, F32/F16/BF16) into
+//! a caller's `f32` buffer, so the only allocation that grows with the model is that buffer:
+//! it grows to the largest tensor. With `--no-mmap` the file is read with plain reads
+//! ([`LgnFile::open_unmapped`], the same as [`LgnFile::from_reader`] on a `File`): only the
+//! header and the codebooks are read up front, then each tensor's own stored bytes.
 
 use std::process::ExitCode;
 
-use half::{bf16, f16};
-use legofmt::dtype::Dtype;
 use legofmt::format::reader::{Layout, LgnFile};
 
 fn main() -> ExitCode {
-    let Some(path) = std::env::args_os().nth(1) else {
-        eprintln!("usage: decode FILE.lgn");
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let mmap = !args.iter().any(|a| a == "--no-mmap");
+    let Some(path) = args.iter().find(|a| *a != "--no-mmap") else {
+        eprintln!("usage: decode FILE.lgn [--no-mmap]");
         return ExitCode::from(2);
     };
-    match run(std::path::Path::new(&path)) {
+    match run(std::path::Path::new(path), mmap) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -32,8 +31,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> legofmt::Result<()> {
-    let f = LgnFile::open(path)?;
+fn run(path: &std::path::Path, mmap: bool) -> legofmt::Result<()> {
+    let f = if mmap {
+        LgnFile::open(path)?
+    } else {
+        LgnFile::open_unmapped(path)?
+    };
     match f.version() {
         Some((major, minor)) => println!("{}: lgn {major}.{minor}", path.display()),
         None => println!("{}: plain safetensors", path.display()),
@@ -51,39 +54,25 @@ fn run(path: &std::path::Path) -> legofmt::Result<()> {
         );
     }
 
-    // Reused across tensors: they only grow, to the size of the largest tensor.
+    // Reused across tensors: it only grows, to the size of the largest float tensor.
     let mut values: Vec<f32> = Vec::new();
-    let mut bytes: Vec<u8> = Vec::new();
     for t in f.tensors() {
         let kind = match t.layout {
             Layout::Raw { .. } => "raw",
             Layout::Clustered { .. } => "clustered",
         };
         if !t.dtype.is_clusterable() {
-            bytes.resize(t.nbytes(), 0);
-            f.decode_into(&t.name, &mut bytes)?;
             println!(
                 "{:<40} {:>5} {:?} {kind}: {} bytes (not a float tensor)",
                 t.name,
                 t.dtype.to_string(),
                 t.shape,
-                bytes.len()
+                t.nbytes()
             );
             continue;
         }
-        values.clear();
         values.resize(t.numel(), 0.0);
-        match (&t.layout, t.dtype) {
-            (Layout::Clustered { grid, .. }, Dtype::F32) => {
-                // Every row of the 2-D view, decoded in place.
-                f.decode_clustered(t, 0, grid.rows, &mut values[..])?;
-            }
-            _ => {
-                bytes.resize(t.nbytes(), 0);
-                f.decode_into(&t.name, &mut bytes)?;
-                widen(t.dtype, &bytes, &mut values);
-            }
-        }
+        f.decode_f32_into(&t.name, &mut values)?;
         let summary = match stats(&values) {
             Some((min, max, mean)) => format!("min={min:.5e} max={max:.5e} mean={mean:.5e}"),
             None => "empty".into(),
@@ -96,28 +85,6 @@ fn run(path: &std::path::Path) -> legofmt::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Little-endian F32/F16/BF16 bytes to f32 (exact).
-fn widen(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
-    match dtype {
-        Dtype::F32 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-        Dtype::F16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        Dtype::BF16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        _ => unreachable!("only float dtypes are widened"),
-    }
 }
 
 /// (min, max, mean), or `None` for an empty tensor.

@@ -38,6 +38,37 @@ impl OutElem for bf16 {
     }
 }
 
+/// An `f32` output that holds values rounded through binary16 (`decode_f32_into` of an F16
+/// tensor gives the tensor's own values, widened exactly).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(transparent)]
+pub(crate) struct F16Widened(pub f32);
+// SAFETY: a transparent wrapper of `f32`, which is `Zeroable` and `Pod`.
+unsafe impl bytemuck::Zeroable for F16Widened {}
+// SAFETY: as above.
+unsafe impl bytemuck::Pod for F16Widened {}
+impl OutElem for F16Widened {
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        F16Widened(f16::from_f32(v).to_f32())
+    }
+}
+
+/// An `f32` output that holds values rounded through bfloat16.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(transparent)]
+pub(crate) struct Bf16Widened(pub f32);
+// SAFETY: a transparent wrapper of `f32`, which is `Zeroable` and `Pod`.
+unsafe impl bytemuck::Zeroable for Bf16Widened {}
+// SAFETY: as above.
+unsafe impl bytemuck::Pod for Bf16Widened {}
+impl OutElem for Bf16Widened {
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        Bf16Widened(bf16::from_f32(v).to_f32())
+    }
+}
+
 /// One residual stage as the decoder needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct StageParts<'a> {
@@ -47,9 +78,40 @@ pub struct StageParts<'a> {
     pub k: usize,
     /// Index width in bits.
     pub bits: u32,
-    /// Packed indices (at least `packed_len(n_blocks, bits)` bytes).
+    /// Packed indices (at least `packed_len(n_blocks, bits)` bytes; with
+    /// [`decode_rows_window`], the index bytes from `first_block` on).
     pub packed: &'a [u8],
 }
+
+/// The scales of a clustered tensor as [`decode_rows_window`] takes them.
+#[derive(Debug, Clone, Copy)]
+pub enum Scales<'a> {
+    /// No scaling.
+    None,
+    /// One scale for the whole tensor.
+    Tensor(f32),
+    /// Per-row scales: `values[i]` is the scale of view row `first_row + i`.
+    Rows {
+        /// The view row of `values[0]`.
+        first_row: usize,
+        /// The scales.
+        values: &'a [f32],
+    },
+}
+
+impl Scales<'_> {
+    #[inline(always)]
+    fn of_row(&self, r: usize) -> f32 {
+        match *self {
+            Scales::None => 1.0,
+            Scales::Tensor(s) => s,
+            Scales::Rows { first_row, values } => values[r - first_row],
+        }
+    }
+}
+
+/// Outputs of fewer elements (times stages) than this are decoded on the calling thread.
+const SEQUENTIAL_BELOW: usize = 1 << 17;
 
 /// Decodes rows `row_begin..row_end` of a clustered tensor into `out`
 /// (`(row_end - row_begin) * grid.cols` elements). `scales` has one value per row, one value
@@ -65,17 +127,58 @@ pub fn decode_rows<T: OutElem>(
     row_end: usize,
     out: &mut [T],
 ) -> Result<()> {
+    let scales = match scales.len() {
+        0 => Scales::None,
+        1 => Scales::Tensor(scales[0]),
+        _ => Scales::Rows {
+            first_row: 0,
+            values: scales,
+        },
+    };
+    decode_rows_window(tensor, grid, stages, 0, scales, row_begin..row_end, out)
+}
+
+/// Like [`decode_rows`], from a window of the stored data: every stage's `packed` holds the
+/// index bytes from block `first_block` on (`first_block * bits` must be a multiple of 8, and
+/// the bytes must reach the last block of `rows`), and per-row scales may start at any row.
+///
+/// # Panics
+/// If `rows` is not inside `0..grid.rows`, `out` does not hold `rows.len() * grid.cols`
+/// elements, the window does not start on a byte, or per-row scales do not cover `rows`.
+pub fn decode_rows_window<T: OutElem>(
+    tensor: &str,
+    grid: &Grid,
+    stages: &[StageParts<'_>],
+    first_block: usize,
+    scales: Scales<'_>,
+    rows: std::ops::Range<usize>,
+    out: &mut [T],
+) -> Result<()> {
+    let (row_begin, row_end) = (rows.start, rows.end);
     let (bh, bw) = (grid.block.bh, grid.block.bw);
     let d = bh * bw;
     let cols = grid.cols;
+    let gc = grid.grid_cols;
     assert!(row_begin <= row_end && row_end <= grid.rows);
     assert_eq!(out.len(), (row_end - row_begin) * cols);
     if out.is_empty() {
         return Ok(());
     }
+    assert!(
+        !stages.is_empty(),
+        "a clustered tensor has at least one stage"
+    );
+    if let Scales::Rows { first_row, values } = scales {
+        assert!(first_row <= row_begin && row_end - first_row <= values.len());
+    }
     for st in stages {
+        assert_eq!((first_block * st.bits as usize) % 8, 0);
         debug_assert_eq!(st.codebook.len(), st.k * d);
-        debug_assert!(st.packed.len() >= bitpack::packed_len(grid.n_blocks(), st.bits).unwrap());
+        let last = (row_end.div_ceil(bh) * gc).min(grid.n_blocks());
+        debug_assert!(
+            first_block <= (row_begin / bh) * gc
+                && st.packed.len() * 8 >= (last - first_block) * st.bits as usize
+        );
     }
     let first_error: Mutex<Option<(usize, usize, u32)>> = Mutex::new(None);
     // Chunks are whole block rows of the output, aligned to the tensor's block grid. When the
@@ -85,16 +188,16 @@ pub fn decode_rows<T: OutElem>(
     let (head, tail) = out.split_at_mut(lead * cols);
     let work = |first_row: usize, chunk: &mut [T]| {
         let br = first_row / bh;
-        let mut idx = vec![0u32; grid.grid_cols * stages.len()];
+        let mut idx = vec![0u32; gc * stages.len()];
         for (s, st) in stages.iter().enumerate() {
-            let dst = &mut idx[s * grid.grid_cols..(s + 1) * grid.grid_cols];
-            bitpack::unpack_range(st.packed, st.bits, br * grid.grid_cols, dst);
+            let dst = &mut idx[s * gc..(s + 1) * gc];
+            bitpack::unpack_range(st.packed, st.bits, br * gc - first_block, dst);
             let max = dst.iter().copied().max().unwrap_or(0);
             if max as usize >= st.k {
                 let pos = dst.iter().position(|&v| v as usize >= st.k).unwrap_or(0);
                 let mut e = first_error.lock().unwrap_or_else(|p| p.into_inner());
                 if e.is_none() {
-                    *e = Some((s, br * grid.grid_cols + pos, max));
+                    *e = Some((s, br * gc + pos, max));
                 }
                 return;
             }
@@ -102,30 +205,13 @@ pub fn decode_rows<T: OutElem>(
         for (ri, row) in chunk.chunks_mut(cols).enumerate() {
             let r = first_row + ri;
             let i = r % bh;
-            let s = match scales.len() {
-                0 => 1.0f32,
-                1 => scales[0],
-                _ => scales[r],
-            };
-            if stages.len() == 1 {
-                let cb = stages[0].codebook;
-                for (seg, &ix) in row.chunks_mut(bw).zip(&idx[..grid.grid_cols]) {
-                    let cw = &cb[ix as usize * d + i * bw..ix as usize * d + i * bw + seg.len()];
-                    for (o, &c) in seg.iter_mut().zip(cw) {
-                        *o = T::from_f32(c * s);
-                    }
-                }
-            } else {
-                for (bc, seg) in row.chunks_mut(bw).enumerate() {
-                    for (j, o) in seg.iter_mut().enumerate() {
-                        let off = i * bw + j;
-                        let mut acc = stages[0].codebook[idx[bc] as usize * d + off];
-                        for (s_i, st) in stages.iter().enumerate().skip(1) {
-                            acc += st.codebook[idx[s_i * grid.grid_cols + bc] as usize * d + off];
-                        }
-                        *o = T::from_f32(acc * s);
-                    }
-                }
+            let s = scales.of_row(r);
+            match bw {
+                1 => write_row::<T, 1>(row, stages, &idx, gc, d, i, s),
+                2 => write_row::<T, 2>(row, stages, &idx, gc, d, i, s),
+                4 => write_row::<T, 4>(row, stages, &idx, gc, d, i, s),
+                8 => write_row::<T, 8>(row, stages, &idx, gc, d, i, s),
+                _ => write_row_any(row, stages, &idx, gc, bw, d, i, s),
             }
         }
     };
@@ -133,7 +219,14 @@ pub fn decode_rows<T: OutElem>(
         work(row_begin, head);
     }
     let start = row_begin + lead;
-    crate::par::for_each_chunk_mut(tail, bh * cols, |ci, chunk| work(start + ci * bh, chunk));
+    if tail.len() * stages.len() < SEQUENTIAL_BELOW {
+        // Small tensors: waking the thread pool costs more than the work.
+        for (ci, chunk) in tail.chunks_mut(bh * cols).enumerate() {
+            work(start + ci * bh, chunk);
+        }
+    } else {
+        crate::par::for_each_chunk_mut(tail, bh * cols, |ci, chunk| work(start + ci * bh, chunk));
+    }
     match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         None => Ok(()),
         Some((stage, block, value)) => Err(LgnError::tensor_format(
@@ -144,6 +237,92 @@ pub fn decode_rows<T: OutElem>(
                 stages[stage].k
             ),
         )),
+    }
+}
+
+/// One output row (row `i` inside its block row) for blocks `BW` wide: the full blocks with a
+/// fixed-size inner loop, then the partial block at the right edge.
+#[inline(always)]
+fn write_row<T: OutElem, const BW: usize>(
+    row: &mut [T],
+    stages: &[StageParts<'_>],
+    idx: &[u32],
+    gc: usize,
+    d: usize,
+    i: usize,
+    s: f32,
+) {
+    let full = row.len() / BW;
+    let (body, rest) = row.split_at_mut(full * BW);
+    let off = i * BW;
+    if let [st] = stages {
+        let cb = st.codebook;
+        for (seg, &ix) in body.chunks_exact_mut(BW).zip(&idx[..full]) {
+            let at = ix as usize * d + off;
+            let cw: &[f32; BW] = cb[at..at + BW].try_into().expect("BW values");
+            for j in 0..BW {
+                seg[j] = T::from_f32(cw[j] * s);
+            }
+        }
+    } else {
+        for (bc, seg) in body.chunks_exact_mut(BW).enumerate() {
+            let at = idx[bc] as usize * d + off;
+            let mut acc: [f32; BW] = stages[0].codebook[at..at + BW]
+                .try_into()
+                .expect("BW values");
+            for (si, st) in stages.iter().enumerate().skip(1) {
+                let at = idx[si * gc + bc] as usize * d + off;
+                let cw: &[f32; BW] = st.codebook[at..at + BW].try_into().expect("BW values");
+                for j in 0..BW {
+                    acc[j] += cw[j];
+                }
+            }
+            for j in 0..BW {
+                seg[j] = T::from_f32(acc[j] * s);
+            }
+        }
+    }
+    if !rest.is_empty() {
+        write_segment(rest, stages, idx, gc, full, d, off, s);
+    }
+}
+
+/// One output row for any block width.
+#[allow(clippy::too_many_arguments)]
+fn write_row_any<T: OutElem>(
+    row: &mut [T],
+    stages: &[StageParts<'_>],
+    idx: &[u32],
+    gc: usize,
+    bw: usize,
+    d: usize,
+    i: usize,
+    s: f32,
+) {
+    for (bc, seg) in row.chunks_mut(bw).enumerate() {
+        write_segment(seg, stages, idx, gc, bc, d, i * bw, s);
+    }
+}
+
+/// The part of block column `bc` in one output row (`seg.len() <= bw`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn write_segment<T: OutElem>(
+    seg: &mut [T],
+    stages: &[StageParts<'_>],
+    idx: &[u32],
+    gc: usize,
+    bc: usize,
+    d: usize,
+    off: usize,
+    s: f32,
+) {
+    for (j, o) in seg.iter_mut().enumerate() {
+        let mut acc = stages[0].codebook[idx[bc] as usize * d + off + j];
+        for (si, st) in stages.iter().enumerate().skip(1) {
+            acc += st.codebook[idx[si * gc + bc] as usize * d + off + j];
+        }
+        *o = T::from_f32(acc * s);
     }
 }
 
@@ -175,6 +354,18 @@ mod tests {
         for (b, e) in [(1, 4), (3, 7), (0, 1), (5, 5)] {
             let mut part = vec![0f32; (e - b) * cols];
             decode_rows("t", &g, &st, &[], b, e, &mut part).unwrap();
+            assert_eq!(&part[..], &x[b * cols..e * cols]);
+        }
+        // From a window of the index bytes starting at block 8 (a whole byte for any width).
+        let window = StageParts {
+            packed: &packed[8 * bits as usize / 8..],
+            ..st[0]
+        };
+        // The first block row that starts at or after block 8.
+        let first_row = 8usize.div_ceil(g.grid_cols) * 2;
+        for (b, e) in [(first_row, rows), (first_row + 1, rows)] {
+            let mut part = vec![0f32; (e - b) * cols];
+            decode_rows_window("t", &g, &[window], 8, Scales::None, b..e, &mut part).unwrap();
             assert_eq!(&part[..], &x[b * cols..e * cols]);
         }
         // Two stages and a scale: (c1 + c2) * s.
