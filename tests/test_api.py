@@ -231,3 +231,23 @@ print('ok')
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_codebook_per_tensor(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    state = {"a": torch.randn(64, 64, generator=g), "b": torch.randn(32, 128, generator=g) * 10, "c": torch.randn(8)}
+    r = legofmt.save(state, tmp_path / "t.lgn", k=16, stages=2, codebook="tensor", min_size=0)
+    i = legofmt.info(tmp_path / "t.lgn")
+    by = {t.name: t for t in i.tensors}
+    assert len(i.codebooks) == 4  # 2 clustered tensors x 2 stages
+    assert set(by["a"].codebooks).isdisjoint(by["b"].codebooks)
+    shared = legofmt.save(state, tmp_path / "g.lgn", k=16, stages=2, min_size=0)
+    assert len(legofmt.info(tmp_path / "g.lgn").codebooks) == 2
+    loaded = legofmt.load(tmp_path / "t.lgn")
+    for t in r.tensors:
+        if t.clustered:
+            x, y = state[t.name].double(), loaded[t.name].double()
+            assert float(((x - y) ** 2).sum() / (x**2).sum()) == pytest.approx(t.rel_mse, rel=1e-4)
+    assert r.file_bytes > shared.file_bytes  # two more codebooks
+    with pytest.raises(legofmt.InvalidArgumentError, match="codebook must be"):
+        legofmt.save(state, tmp_path / "x.lgn", codebook="layer")

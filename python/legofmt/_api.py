@@ -38,6 +38,7 @@ SAVE_OPTIONS: dict[str, str] = {
     "raw": "glob patterns of tensor names stored unchanged, e.g. ['*.bias', 'fc.*']",
     "min_size": "tensors with fewer elements stay raw (default 4096)",
     "cluster_depthwise": "cluster depthwise convolutions too (default False: they stay raw)",
+    "codebook": "'global' (default): one codebook per stage shared by all tensors; 'tensor': one per tensor",
     "batch_size": "k-means mini-batch size",
     "max_iter": "k-means iteration budget",
     "metadata": "dict of str -> str stored in the file's __metadata__",
@@ -166,8 +167,18 @@ def save(
         decide(n, d, s, block=(bh, bw), raw=raw, min_size=min_size, cluster_depthwise=cluster_depthwise)
         for n, d, s, _ in items
     ]
-    tensors = [(n, d, list(s), data, 0 if dec.cluster else None) for (n, d, s, data), dec in zip(items, decisions)]
-    groups = [{"k": k, "block": (bh, bw), "stages": stages, "scale": scale}]
+    codebook = options.get("codebook", "global")
+    if codebook not in ("global", "tensor"):
+        raise InvalidArgumentError(f"codebook must be 'global' or 'tensor', got {codebook!r}")
+    spec = {"k": k, "block": (bh, bw), "stages": stages, "scale": scale}
+    if codebook == "global":
+        group_of = [0 if dec.cluster else None for dec in decisions]
+        groups = [spec]
+    else:  # one codebook (per stage) for each clustered tensor
+        order = [i for i, dec in enumerate(decisions) if dec.cluster]
+        group_of = [order.index(i) if dec.cluster else None for i, dec in enumerate(decisions)]
+        groups = [dict(spec) for _ in order] or [spec]
+    tensors = [(n, d, list(s), data, g) for (n, d, s, data), g in zip(items, group_of)]
     bar = _progress_bar(options.get("progress"))
     try:
         r = _legofmt.compress_to_file(
@@ -219,17 +230,21 @@ class LgnReader:
                 t = f.get_tensor(name)
 
     Only the header and the codebooks are read when opening; each :meth:`get_tensor` decodes
-    one tensor from the memory map.
+    one tensor, from a memory map of the file or, with ``mmap=False``, from plain reads of
+    that tensor's stored bytes (nothing of the file stays mapped or cached by the process).
     """
 
-    def __init__(self, path: PathLike, framework: Framework = "pt", *, verify_checksums: bool = True):
+    def __init__(
+        self, path: PathLike, framework: Framework = "pt", *, verify_checksums: bool = True, mmap: bool = True
+    ):
         if framework not in ("pt", "np", "numpy", "torch"):
             raise InvalidArgumentError(f"framework must be 'pt' or 'np', got {framework!r}")
         self.framework: Framework = "np" if framework in ("np", "numpy") else "pt"
         if self.framework == "pt":
             require_torch()
+        self._torch_dtypes: dict[str, Any] = torch_dtypes() if self.framework == "pt" else {}
         self.path = os.fspath(path)
-        self._r = _legofmt.Reader(self.path, verify_checksums)
+        self._r = _legofmt.Reader(self.path, verify_checksums, mmap)
 
     def __enter__(self) -> LgnReader:
         return self
@@ -268,7 +283,7 @@ class LgnReader:
             return arr
         import torch
 
-        t = torch.empty(shape, dtype=torch_dtypes()[dtype])
+        t = torch.empty(shape, dtype=self._torch_dtypes[dtype])
         self._r.decode_into(name, t.reshape(-1).view(torch.uint8).numpy())
         return t
 
@@ -295,7 +310,9 @@ class LgnReader:
         self._r.decode_into(name, out.reshape(-1).view(torch.uint8).numpy())
 
     def tensors(self) -> Iterator[tuple[str, Any]]:
-        """Yields ``(name, tensor)`` one at a time, decoding lazily."""
+        """Yields ``(name, tensor)`` one at a time, decoding lazily: a tensor dropped by the
+        caller before the next is taken is freed, so streaming a model this way needs memory
+        for one tensor at a time."""
         for name in self.keys():
             yield name, self.get_tensor(name)
 
@@ -333,9 +350,12 @@ class LgnReader:
         self._r.verify()
 
 
-def open(path: PathLike, framework: Framework = "pt", *, verify_checksums: bool = True) -> LgnReader:
-    """Opens a file for lazy, tensor-by-tensor decoding. See :class:`LgnReader`."""
-    return LgnReader(path, framework, verify_checksums=verify_checksums)
+def open(path: PathLike, framework: Framework = "pt", *, verify_checksums: bool = True, mmap: bool = True) -> LgnReader:
+    """Opens a file for lazy, tensor-by-tensor decoding. See :class:`LgnReader`.
+
+    ``mmap=False`` reads each tensor's stored bytes with plain reads instead of mapping the
+    file (for file systems without mmap, or to keep the page cache out of the process's RSS)."""
+    return LgnReader(path, framework, verify_checksums=verify_checksums, mmap=mmap)
 
 
 def load(path: PathLike, *, framework: Framework = "pt") -> dict[str, Any]:
@@ -355,33 +375,60 @@ class LoadResult(NamedTuple):
 def load_into(model: torch.nn.Module, path: PathLike, strict: bool = True) -> LoadResult:
     """Loads a file into ``model``'s parameters and buffers, tensor by tensor, decoding
     straight into their memory where dtype, device and layout allow (no second copy of the
-    model). With ``strict`` every key must match, as in ``load_state_dict``."""
+    model: at most one tensor is decoded aside, when a dtype or device differs). With
+    ``strict`` every key must match, as in ``load_state_dict``.
+
+    A model built on the ``meta`` device (``with torch.device("meta"): model = Net()``) is
+    materialized on the CPU: each tensor is decoded into new memory (in the model's dtype)
+    and assigned to its module, keeping ``requires_grad`` and tied parameters."""
     import torch
 
     state = model.state_dict(keep_vars=True)
     with open(path, "pt") as f:
         names = f.keys()
-        missing = [k for k in state if k not in set(names)]
+        in_file = set(names)
+        missing = [k for k in state if k not in in_file]
         unexpected = [k for k in names if k not in state]
         if strict and (missing or unexpected):
             raise InvalidArgumentError(
                 f"{os.fspath(path)} does not match the model: missing keys {missing}, unexpected keys {unexpected}"
             )
+        materialized: dict[int, Any] = {}
         with torch.no_grad():
             for name in names:
                 if name not in state:
                     continue
-                target = state[name].data if isinstance(state[name], torch.nn.Parameter) else state[name]
+                current = state[name]
+                target = current.data if isinstance(current, torch.nn.Parameter) else current
                 dtype, shape = f.dtype_and_shape(name)
                 if tuple(target.shape) != shape:
                     raise InvalidArgumentError(
                         f"tensor {name!r} has shape {shape} in the file but {tuple(target.shape)} in the model"
                     )
-                if target.dtype == torch_dtypes()[dtype] and target.device.type == "cpu" and target.is_contiguous():
+                if target.device.type == "meta":
+                    new = materialized.get(id(current))
+                    if new is None:
+                        t = f.get_tensor(name)
+                        if t.dtype != target.dtype:
+                            t = t.to(target.dtype)
+                        new = torch.nn.Parameter(t, current.requires_grad) if current is not target else t
+                        materialized[id(current)] = new
+                    _assign(model, name, new)
+                elif target.dtype == torch_dtypes()[dtype] and target.device.type == "cpu" and target.is_contiguous():
                     f.decode_into(name, target)
                 else:
                     target.copy_(f.get_tensor(name))
     return LoadResult(missing, unexpected)
+
+
+def _assign(model: torch.nn.Module, name: str, value: Any) -> None:
+    """Replaces the parameter or buffer ``name`` of ``model`` by ``value``."""
+    prefix, _, leaf = name.rpartition(".")
+    module = model.get_submodule(prefix)
+    if leaf in module._parameters:
+        module._parameters[leaf] = value
+    else:
+        module._buffers[leaf] = value
 
 
 def info(path: PathLike) -> FileInfo:

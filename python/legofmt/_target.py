@@ -31,6 +31,8 @@ CANDIDATES: list[dict[str, Any]] = [
     {"block": (4, 4), "stages": 1},
     {"block": (4, 4), "stages": 2},
     {"block": (2, 4), "stages": 2},
+    {"block": (1, 4), "stages": 1},
+    {"block": (2, 2), "stages": 1},
     {"block": (4, 4), "stages": 3},
     {"block": (2, 4), "stages": 3},
     {"block": (2, 2), "stages": 2},
