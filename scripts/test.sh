@@ -13,6 +13,8 @@ cargo clippy -p legofmt --no-default-features --all-targets -- -D warnings
 echo "== Rust tests"
 cargo test -p legofmt
 cargo test -p legofmt --no-default-features
+# The Rust example decodes a file that Python's legofmt.save wrote (a conformance vector).
+cargo run -q -p legofmt --example decode -- spec/vectors/valid/save_conv_rank4_odd.lgn
 
 echo "== aarch64: cross-built core tests under qemu, decode bit-identical to x86-64"
 bash scripts/aarch64.sh all
