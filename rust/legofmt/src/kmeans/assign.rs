@@ -1,16 +1,17 @@
 //! Nearest-centroid search: the hot loop of k-means.
 //!
 //! # Kernel
-//! For a point `x` the nearest centroid minimises `||c||^2 - 2 x.c` (the norm trick: `||x||^2`
-//! is the same for every centroid). Centroids are packed into *panels* of [`LANES`] centroids,
-//! stored transposed (`panel[j][lane]`), with their squared norms beside them. The kernel takes
-//! [`GROUP`] points at a time and, for each panel, accumulates `x.c` into a `GROUP x LANES`
-//! array with the dimension loop outermost: every step is a broadcast of one coordinate times
-//! one contiguous row of 16 centroid coordinates, which the compiler turns into vector
-//! multiplies and adds held in registers. A lane-wise running minimum (value and panel index)
-//! follows each panel; the lanes are reduced once per tile of panels. Panels are processed in
-//! tiles of about [`TILE_FLOATS`] floats so that a tile stays in L1/L2 cache while a chunk of
-//! points streams over it.
+//! For a point `x` the nearest centroid maximises `x.c - ||c||^2 / 2` (the norm trick: `||x||^2`
+//! is the same for every centroid). The kernel works on a chunk of points stored transposed
+//! (`xt[j][i]`, coordinate-major), so that one vector register holds coordinate `j` of
+//! [`VL`] consecutive points: for a block of [`PB`] points and a group of [`CG`] centroids it
+//! starts `PV x CG` accumulators at `-||c||^2 / 2` and adds `x_j * c_j` for `j = 0..dim` (one
+//! vector load of points, one broadcast per centroid, a multiply and an add per accumulator),
+//! then folds each centroid, in index order, into a lane-wise running maximum (value and
+//! index): there is no horizontal reduction at all. The running maximum of a block of points
+//! stays in registers while a tile of about [`TILE_FLOATS`] floats of centroids (in L1 cache)
+//! streams past it; the points of a chunk stay in L1/L2 cache across tiles. Dimensions 4, 8
+//! and 16 (2x2, 2x4 and 4x4 blocks) get copies with the dimension loop fully unrolled.
 //!
 //! Before packing, the mean of the centroids is subtracted from centroids and points alike
 //! (a translation changes no distance) so that data far from the origin does not lose the
@@ -22,22 +23,30 @@
 //! The distance reported for each point is recomputed exactly (in f64) for the chosen centroid.
 //! Ties between equal kernel values go to the lowest index.
 //!
-//! On x86-64 a copy of the same generic kernel compiled with AVX2 is selected at run time when
-//! the CPU has it. It performs the same IEEE operations in the same order (Rust never contracts
-//! `a * b + c` into a fused multiply-add), so both paths return bit-identical results; the tests
-//! check this. Every point is handled independently, so results never depend on how the points
-//! are split between threads.
+//! The kernel's value for a point and a centroid is defined operation by operation: start at
+//! `-0.5 * ||c||^2` (an f32 sum of squares in coordinate order), then for `j = 0..dim` add the
+//! rounded product `x_j * c_j` (two roundings: Rust never contracts `a * b + c` into a fused
+//! multiply-add, and the AVX2 code uses separate multiply and add instructions); centroids are
+//! visited in index order and replace the running best only when strictly greater. On x86-64
+//! an AVX2 copy written with intrinsics is selected at run time; the portable copy (plain
+//! Rust on arrays of [`VL`] lanes) performs the same IEEE operations in the same order, so both
+//! return bit-identical results; the tests check this. Every point is handled independently,
+//! so results never depend on how the points are split between chunks or threads.
 
 use crate::par;
 
-/// Centroids per panel (the width of the kernel's vectors).
-pub(crate) const LANES: usize = 16;
-/// Points processed together by the kernel (register blocking).
-pub(crate) const GROUP: usize = 4;
+/// Lanes of the kernel's vectors: points per vector.
+pub(crate) const VL: usize = 8;
+/// Point vectors per kernel block.
+pub(crate) const PV: usize = 2;
+/// Points per kernel block.
+pub(crate) const PB: usize = VL * PV;
+/// Centroids per kernel group (the number of accumulators is `PV * CG`).
+pub(crate) const CG: usize = 4;
 /// Points per parallel work item.
 pub(crate) const CHUNK: usize = 512;
-/// Target size, in floats, of a tile of packed centroids (32 KiB).
-pub(crate) const TILE_FLOATS: usize = 8192;
+/// Target size, in floats, of a tile of packed centroids (16 KiB, half an L1 cache).
+pub(crate) const TILE_FLOATS: usize = 4096;
 
 /// Which compiled copy of the kernels to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +94,7 @@ pub(crate) struct Slot {
     pub dist: f32,
 }
 
-/// Centroids laid out for the kernel: translated by `shift`, transposed into panels.
+/// Centroids laid out for the kernel: translated by `shift`, with their negated half norms.
 #[derive(Debug, Clone)]
 pub(crate) struct Packed {
     dim: usize,
@@ -94,11 +103,11 @@ pub(crate) struct Packed {
     rows: Vec<f32>,
     /// Subtracted from centroids and points before the kernel.
     shift: Vec<f32>,
-    /// `n_panels * dim * LANES`: `panels[(p * dim + j) * LANES + l]` is coordinate `j` of
-    /// centroid `p * LANES + l`, shifted.
-    panels: Vec<f32>,
-    /// `n_panels * LANES` squared norms of the shifted centroids; `+inf` in padding lanes.
-    norms: Vec<f32>,
+    /// `kp * dim` shifted centroids, row-major, `kp = k` rounded up to a multiple of [`CG`];
+    /// padding rows are zero.
+    cent: Vec<f32>,
+    /// `kp` values `-0.5 * ||c - shift||^2`; `-inf` in padding rows (never chosen).
+    nhn: Vec<f32>,
 }
 
 impl Packed {
@@ -118,14 +127,14 @@ impl Packed {
             }
         }
         let shift = mean.iter().map(|m| (m / k as f64) as f32).collect();
-        let n_panels = k.div_ceil(LANES);
+        let kp = k.div_ceil(CG) * CG;
         let mut packed = Packed {
             dim,
             k,
             rows: centroids.to_vec(),
             shift,
-            panels: vec![0.0; n_panels * dim * LANES],
-            norms: vec![f32::INFINITY; n_panels * LANES],
+            cent: vec![0.0; kp * dim],
+            nhn: vec![f32::NEG_INFINITY; kp],
         };
         for c in 0..k {
             packed.pack(c);
@@ -143,29 +152,27 @@ impl Packed {
         self.dim
     }
 
-    /// Replaces centroid `c` by `row` (keeping the shift).
-    pub(crate) fn set(&mut self, c: usize, row: &[f32]) {
-        self.rows[c * self.dim..(c + 1) * self.dim].copy_from_slice(row);
-        self.pack(c);
-    }
-
     fn pack(&mut self, c: usize) {
         let dim = self.dim;
-        let (p, l) = (c / LANES, c % LANES);
         let row = &self.rows[c * dim..(c + 1) * dim];
-        let panel = &mut self.panels[p * dim * LANES..(p + 1) * dim * LANES];
+        let out = &mut self.cent[c * dim..(c + 1) * dim];
         let mut norm = 0f32;
         for j in 0..dim {
             let v = row[j] - self.shift[j];
-            panel[j * LANES + l] = v;
+            out[j] = v;
             norm += v * v;
         }
-        self.norms[p * LANES + l] = norm;
+        self.nhn[c] = -0.5 * norm;
     }
 
     /// Centroid `c` as given.
     pub(crate) fn row(&self, c: usize) -> &[f32] {
         &self.rows[c * self.dim..(c + 1) * self.dim]
+    }
+
+    /// Centroids per tile: a multiple of [`CG`], about [`TILE_FLOATS`] floats.
+    fn tile(&self) -> usize {
+        ((TILE_FLOATS / self.dim) / CG).max(1) * CG
     }
 }
 
@@ -192,138 +199,450 @@ fn nearest_brute(x: &[f32], centroids: &[f32], dim: usize) -> (u32, f64) {
     best
 }
 
-/// Runs the kernel on `P` points (`xs`: `P * dim` shifted coordinates) against a tile of
-/// panels starting at panel `first_panel`, merging into `best` (kernel value, index).
-#[inline(always)]
-fn group_kernel<const P: usize>(
-    xs: &[f32],
+/// Arguments of one kernel call: a block of [`PB`] points against centroids `c0..c1`.
+struct Block<'a> {
+    /// Transposed shifted points of the chunk: `xt[j * stride + i]`.
+    xt: &'a [f32],
+    stride: usize,
+    /// First point of the block (a multiple of [`PB`]).
+    p0: usize,
     dim: usize,
-    panels: &[f32],
-    norms: &[f32],
-    first_panel: usize,
-    best: &mut [(f32, u32)],
-) {
-    assert!(xs.len() == P * dim && best.len() == P);
-    assert!(panels.len() == norms.len() * dim);
-    let mut bv = [[f32::INFINITY; LANES]; P];
-    let mut bi = [[0u32; LANES]; P];
-    for (pi, (panel, nrm)) in panels
-        .chunks_exact(dim * LANES)
-        .zip(norms.chunks_exact(LANES))
-        .enumerate()
-    {
-        let nrm: &[f32; LANES] = nrm.try_into().unwrap();
-        let mut acc = [[0f32; LANES]; P];
-        for j in 0..dim {
-            let c: &[f32; LANES] = panel[j * LANES..(j + 1) * LANES].try_into().unwrap();
-            for p in 0..P {
-                let xv = xs[p * dim + j];
-                for l in 0..LANES {
-                    acc[p][l] += xv * c[l];
-                }
-            }
-        }
-        let idx = (first_panel + pi) as u32;
-        for p in 0..P {
-            for l in 0..LANES {
-                let dv = nrm[l] - 2.0 * acc[p][l];
-                let better = dv < bv[p][l];
-                bv[p][l] = if better { dv } else { bv[p][l] };
-                bi[p][l] = if better { idx } else { bi[p][l] };
-            }
-        }
-    }
-    for p in 0..P {
-        let (mut v, mut i) = best[p];
-        for l in 0..LANES {
-            let lv = bv[p][l];
-            let li = bi[p][l] * LANES as u32 + l as u32;
-            if lv < f32::INFINITY && (lv < v || (lv == v && li < i)) {
-                v = lv;
-                i = li;
-            }
-        }
-        best[p] = (v, i);
+    cent: &'a [f32],
+    nhn: &'a [f32],
+    /// Centroid range, multiples of [`CG`].
+    c0: usize,
+    c1: usize,
+}
+
+impl Block<'_> {
+    #[inline(always)]
+    fn check(&self, best: &[f32], bidx: &[u32]) {
+        assert!(self.dim >= 1 && self.p0 % PB == 0 && self.p0 + PB <= self.stride);
+        assert!(self.xt.len() >= self.dim * self.stride);
+        assert!(self.c0 % CG == 0 && self.c1 % CG == 0 && self.c0 <= self.c1);
+        assert!(self.cent.len() >= self.c1 * self.dim && self.nhn.len() >= self.c1);
+        assert!(best.len() == PB && bidx.len() == PB);
     }
 }
 
-/// Nearest centroids of the points of one chunk (`points`: `out.len() * dim` values).
+/// The portable kernel: `D` is the dimension when known at compile time (0: `b.dim`).
 #[inline(always)]
-fn nearest_chunk_generic(points: &[f32], packed: &Packed, out: &mut [Slot]) {
-    let dim = packed.dim;
-    let m = out.len();
-    debug_assert_eq!(points.len(), m * dim);
-    let mut xs = vec![0f32; m * dim];
-    for (xr, pr) in xs.chunks_exact_mut(dim).zip(points.chunks_exact(dim)) {
+#[allow(clippy::needless_range_loop)] // lane loops read like the AVX2 copy
+fn block_portable<const D: usize>(b: &Block<'_>, best: &mut [f32], bidx: &mut [u32]) {
+    b.check(best, bidx);
+    let dim = if D > 0 { D } else { b.dim };
+    assert_eq!(dim, b.dim);
+    let mut bv = [[0f32; VL]; PV];
+    let mut bi = [[0u32; VL]; PV];
+    for v in 0..PV {
+        bv[v].copy_from_slice(&best[v * VL..(v + 1) * VL]);
+        bi[v].copy_from_slice(&bidx[v * VL..(v + 1) * VL]);
+    }
+    let mut c = b.c0;
+    while c < b.c1 {
+        let mut acc = [[[0f32; VL]; CG]; PV];
+        for g in 0..CG {
+            for a in acc.iter_mut() {
+                a[g] = [b.nhn[c + g]; VL];
+            }
+        }
         for j in 0..dim {
-            xr[j] = pr[j] - packed.shift[j];
+            let xr = &b.xt[j * b.stride + b.p0..j * b.stride + b.p0 + PB];
+            for g in 0..CG {
+                let cv = b.cent[(c + g) * dim + j];
+                for v in 0..PV {
+                    for l in 0..VL {
+                        acc[v][g][l] += xr[v * VL + l] * cv;
+                    }
+                }
+            }
+        }
+        for (g, ci) in (c as u32..).take(CG).enumerate() {
+            for v in 0..PV {
+                for l in 0..VL {
+                    let a = acc[v][g][l];
+                    let gt = a > bv[v][l];
+                    bv[v][l] = if gt { a } else { bv[v][l] };
+                    bi[v][l] = if gt { ci } else { bi[v][l] };
+                }
+            }
+        }
+        c += CG;
+    }
+    for v in 0..PV {
+        best[v * VL..(v + 1) * VL].copy_from_slice(&bv[v]);
+        bidx[v * VL..(v + 1) * VL].copy_from_slice(&bi[v]);
+    }
+}
+
+/// The AVX2 kernel: the same operations as [`block_portable`], eight lanes per instruction.
+///
+/// # Safety
+/// The CPU must support AVX2 (and FMA, enabled for code generation only).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // register arrays indexed like the portable copy
+unsafe fn block_avx2<const D: usize>(b: &Block<'_>, best: &mut [f32], bidx: &mut [u32]) {
+    use std::arch::x86_64::*;
+    b.check(best, bidx);
+    let dim = if D > 0 { D } else { b.dim };
+    assert_eq!(dim, b.dim);
+    // SAFETY (all loads and stores below): `check` bounds every index used: points
+    // `p0..p0 + PB` of rows `0..dim` of `xt`, centroids `c0..c1` of `cent` and `nhn`, and the
+    // `PB` entries of `best` and `bidx`.
+    unsafe {
+        let xp = b.xt.as_ptr().add(b.p0);
+        let mut bv = [_mm256_setzero_ps(); PV];
+        let mut bi = [_mm256_setzero_ps(); PV];
+        for v in 0..PV {
+            bv[v] = _mm256_loadu_ps(best.as_ptr().add(v * VL));
+            bi[v] = _mm256_loadu_ps(bidx.as_ptr().add(v * VL).cast::<f32>());
+        }
+        let mut c = b.c0;
+        while c < b.c1 {
+            let mut acc = [[_mm256_setzero_ps(); CG]; PV];
+            for g in 0..CG {
+                let h = _mm256_set1_ps(*b.nhn.get_unchecked(c + g));
+                for a in acc.iter_mut() {
+                    a[g] = h;
+                }
+            }
+            let cp = b.cent.as_ptr().add(c * dim);
+            for j in 0..dim {
+                let mut x = [_mm256_setzero_ps(); PV];
+                for (v, xv) in x.iter_mut().enumerate() {
+                    *xv = _mm256_loadu_ps(xp.add(j * b.stride + v * VL));
+                }
+                for g in 0..CG {
+                    let cv = _mm256_broadcast_ss(&*cp.add(g * dim + j));
+                    for v in 0..PV {
+                        acc[v][g] = _mm256_add_ps(acc[v][g], _mm256_mul_ps(x[v], cv));
+                    }
+                }
+            }
+            for g in 0..CG {
+                let ci = _mm256_castsi256_ps(_mm256_set1_epi32((c + g) as i32));
+                for v in 0..PV {
+                    let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(acc[v][g], bv[v]);
+                    bv[v] = _mm256_blendv_ps(bv[v], acc[v][g], gt);
+                    bi[v] = _mm256_blendv_ps(bi[v], ci, gt);
+                }
+            }
+            c += CG;
+        }
+        for v in 0..PV {
+            _mm256_storeu_ps(best.as_mut_ptr().add(v * VL), bv[v]);
+            _mm256_storeu_ps(bidx.as_mut_ptr().add(v * VL).cast::<f32>(), bi[v]);
         }
     }
-    let mut best = vec![(f32::INFINITY, u32::MAX); m];
-    let panel_floats = dim * LANES;
-    let n_panels = packed.norms.len() / LANES;
-    let tile = (TILE_FLOATS / panel_floats).max(1);
-    let mut t0 = 0;
-    while t0 < n_panels {
-        let t1 = (t0 + tile).min(n_panels);
-        let tp = &packed.panels[t0 * panel_floats..t1 * panel_floats];
-        let tn = &packed.norms[t0 * LANES..t1 * LANES];
-        let mut xg = xs.chunks_exact(GROUP * dim);
-        let mut bg = best.chunks_exact_mut(GROUP);
-        for (x, b) in (&mut xg).zip(&mut bg) {
-            group_kernel::<GROUP>(x, dim, tp, tn, t0, b);
+}
+
+/// Runs the kernel of `isa` on one block.
+#[inline(always)]
+fn run_block<const D: usize>(isa: Isa, b: &Block<'_>, best: &mut [f32], bidx: &mut [u32]) {
+    match isa {
+        Isa::Portable => block_portable::<D>(b, best, bidx),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only produced by `Isa::avx2`, after detecting AVX2 and FMA.
+        Isa::Avx2 => unsafe { block_avx2::<D>(b, best, bidx) },
+    }
+}
+
+/// Reusable buffers of [`nearest_chunk`].
+#[derive(Default)]
+pub(crate) struct Scratch {
+    xt: Vec<f32>,
+    best: Vec<f32>,
+    bidx: Vec<u32>,
+}
+
+/// Kernel maximum (value, index) of each point of a chunk over all centroids, left in
+/// `scratch.best` / `scratch.bidx` (index `u32::MAX` when no kernel value was above `-inf`).
+#[inline(always)]
+fn chunk_kernel<const D: usize>(isa: Isa, points: &[f32], packed: &Packed, scratch: &mut Scratch) {
+    let dim = if D > 0 { D } else { packed.dim };
+    assert_eq!(dim, packed.dim);
+    let m = points.len() / dim;
+    let stride = m.div_ceil(PB) * PB;
+    let Scratch { xt, best, bidx } = scratch;
+    xt.clear();
+    xt.resize(dim * stride, 0.0);
+    for (j, row) in xt.chunks_exact_mut(stride).enumerate() {
+        let sj = packed.shift[j];
+        for (o, x) in row.iter_mut().zip(points.chunks_exact(dim)) {
+            *o = x[j] - sj;
         }
-        for (x, b) in xg
-            .remainder()
-            .chunks_exact(dim)
-            .zip(bg.into_remainder().chunks_exact_mut(1))
+    }
+    best.clear();
+    best.resize(stride, f32::NEG_INFINITY);
+    bidx.clear();
+    bidx.resize(stride, u32::MAX);
+    let kp = packed.nhn.len();
+    let tile = packed.tile();
+    let mut c0 = 0;
+    while c0 < kp {
+        let c1 = (c0 + tile).min(kp);
+        for (bi, (bv, bx)) in best
+            .chunks_exact_mut(PB)
+            .zip(bidx.chunks_exact_mut(PB))
+            .enumerate()
         {
-            group_kernel::<1>(x, dim, tp, tn, t0, b);
+            let blk = Block {
+                xt,
+                stride,
+                p0: bi * PB,
+                dim,
+                cent: &packed.cent,
+                nhn: &packed.nhn,
+                c0,
+                c1,
+            };
+            run_block::<D>(isa, &blk, bv, bx);
         }
-        t0 = t1;
+        c0 = c1;
     }
-    for ((slot, &(_, i)), x) in out.iter_mut().zip(&best).zip(points.chunks_exact(dim)) {
-        let (idx, dist) = if (i as usize) < packed.k {
-            (i, sq_dist_f64(x, packed.row(i as usize)))
+}
+
+/// Points whose exact distances are computed together (independent f64 chains).
+const EXACT_GROUP: usize = 8;
+
+/// Writes the slots of a chunk from the kernel's choices: the exact distance (f64, coordinate
+/// order) to the chosen centroid, or a brute-force search where the kernel chose nothing.
+#[inline(always)]
+fn finish_chunk<const D: usize>(points: &[f32], packed: &Packed, bidx: &[u32], out: &mut [Slot]) {
+    let dim = if D > 0 { D } else { packed.dim };
+    assert_eq!(dim, packed.dim);
+    let (k, m) = (packed.k, out.len());
+    let mut pc = points.chunks_exact(dim * EXACT_GROUP);
+    let mut oc = out.chunks_exact_mut(EXACT_GROUP);
+    let mut ic = bidx[..m].chunks_exact(EXACT_GROUP);
+    for ((xs, os), is) in (&mut pc).zip(&mut oc).zip(&mut ic) {
+        if is.iter().all(|&i| (i as usize) < k) {
+            let mut acc = [0f64; EXACT_GROUP];
+            let rows: [&[f32]; EXACT_GROUP] =
+                std::array::from_fn(|g| &packed.rows[is[g] as usize * dim..][..dim]);
+            for j in 0..dim {
+                for g in 0..EXACT_GROUP {
+                    let t = f64::from(xs[g * dim + j]) - f64::from(rows[g][j]);
+                    acc[g] += t * t;
+                }
+            }
+            for g in 0..EXACT_GROUP {
+                os[g] = Slot {
+                    idx: is[g],
+                    dist: acc[g] as f32,
+                };
+            }
         } else {
-            // Only when every kernel value was infinite or NaN (huge or non-finite input).
-            nearest_brute(x, &packed.rows, dim)
+            for g in 0..EXACT_GROUP {
+                os[g] = finish_one(&xs[g * dim..(g + 1) * dim], packed, is[g]);
+            }
+        }
+    }
+    let xs = pc.remainder();
+    for ((o, &i), x) in oc
+        .into_remainder()
+        .iter_mut()
+        .zip(ic.remainder())
+        .zip(xs.chunks_exact(dim))
+    {
+        *o = finish_one(x, packed, i);
+    }
+}
+
+fn finish_one(x: &[f32], packed: &Packed, i: u32) -> Slot {
+    let (idx, dist) = if (i as usize) < packed.k {
+        (i, sq_dist_f64(x, packed.row(i as usize)))
+    } else {
+        // Only when every kernel value was -inf or NaN (huge or non-finite input).
+        nearest_brute(x, &packed.rows, packed.dim)
+    };
+    Slot {
+        idx,
+        dist: dist as f32,
+    }
+}
+
+/// A set of points: all rows of `data`, or the rows of `data` listed in `idx`.
+#[derive(Clone, Copy)]
+pub(crate) enum Points<'a> {
+    /// Every row of the slice, in order.
+    Dense(&'a [f32]),
+    /// The rows listed, in the order listed.
+    Indexed(&'a [f32], &'a [u32]),
+}
+
+impl<'a> Points<'a> {
+    /// Number of points.
+    pub(crate) fn len(&self, dim: usize) -> usize {
+        match self {
+            Points::Dense(d) => d.len() / dim,
+            Points::Indexed(_, idx) => idx.len(),
+        }
+    }
+
+    /// Point `p`.
+    #[inline(always)]
+    pub(crate) fn row(&self, p: usize, dim: usize) -> &'a [f32] {
+        match *self {
+            Points::Dense(d) => &d[p * dim..(p + 1) * dim],
+            Points::Indexed(d, idx) => {
+                let i = idx[p] as usize;
+                &d[i * dim..(i + 1) * dim]
+            }
+        }
+    }
+}
+
+/// Per-cluster point counts and coordinate sums (f64) of a run of points.
+pub(crate) struct Sums {
+    pub(crate) counts: Vec<u32>,
+    pub(crate) sums: Vec<f64>,
+}
+
+impl Sums {
+    pub(crate) fn new(k: usize, dim: usize) -> Self {
+        Sums {
+            counts: vec![0; k],
+            sums: vec![0.0; k * dim],
+        }
+    }
+
+    /// Adds `x` to cluster `c`.
+    #[inline(always)]
+    pub(crate) fn add(&mut self, c: usize, x: &[f32]) {
+        self.counts[c] += 1;
+        let dim = x.len();
+        for (acc, &v) in self.sums[c * dim..(c + 1) * dim].iter_mut().zip(x) {
+            *acc += f64::from(v);
+        }
+    }
+
+    /// Adds another run's counts and sums.
+    pub(crate) fn merge(&mut self, other: &Sums) {
+        for (c, v) in self.counts.iter_mut().zip(&other.counts) {
+            *c += v;
+        }
+        for (s, v) in self.sums.iter_mut().zip(&other.sums) {
+            *s += v;
+        }
+    }
+}
+
+/// Assigns the points `start..start + out.len()` of `points` chunk by chunk (listed points are
+/// gathered into a contiguous buffer first) and, with `sums`, adds each point to its cluster
+/// in point order. Inlined into each instruction-set copy.
+#[inline(always)]
+fn run_generic<const D: usize>(
+    isa: Isa,
+    points: Points<'_>,
+    start: usize,
+    packed: &Packed,
+    out: &mut [Slot],
+    mut sums: Option<&mut Sums>,
+) {
+    let dim = if D > 0 { D } else { packed.dim };
+    assert_eq!(dim, packed.dim);
+    let mut scratch = Scratch::default();
+    let mut rows: Vec<f32> = Vec::new();
+    for (ci, o) in out.chunks_mut(CHUNK).enumerate() {
+        let s0 = start + ci * CHUNK;
+        let chunk: &[f32] = match points {
+            Points::Dense(d) => &d[s0 * dim..(s0 + o.len()) * dim],
+            Points::Indexed(d, idx) => {
+                rows.clear();
+                rows.resize(o.len() * dim, 0.0);
+                for (dst, &i) in rows.chunks_exact_mut(dim).zip(&idx[s0..s0 + o.len()]) {
+                    dst.copy_from_slice(&d[i as usize * dim..][..dim]);
+                }
+                &rows
+            }
         };
-        *slot = Slot {
-            idx,
-            dist: dist as f32,
-        };
+        chunk_kernel::<D>(isa, chunk, packed, &mut scratch);
+        finish_chunk::<D>(chunk, packed, &scratch.bidx, o);
+        if let Some(s) = sums.as_deref_mut() {
+            for (slot, x) in o.iter().zip(chunk.chunks_exact(dim)) {
+                s.add(slot.idx as usize, x);
+            }
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn nearest_chunk_avx2(points: &[f32], packed: &Packed, out: &mut [Slot]) {
-    nearest_chunk_generic(points, packed, out)
+unsafe fn run_avx2<const D: usize>(
+    points: Points<'_>,
+    start: usize,
+    packed: &Packed,
+    out: &mut [Slot],
+    sums: Option<&mut Sums>,
+) {
+    run_generic::<D>(Isa::Avx2, points, start, packed, out, sums)
 }
 
-fn nearest_chunk_portable(points: &[f32], packed: &Packed, out: &mut [Slot]) {
-    nearest_chunk_generic(points, packed, out)
+fn run_portable<const D: usize>(
+    points: Points<'_>,
+    start: usize,
+    packed: &Packed,
+    out: &mut [Slot],
+    sums: Option<&mut Sums>,
+) {
+    run_generic::<D>(Isa::Portable, points, start, packed, out, sums)
 }
 
-/// Nearest centroids of one chunk with the chosen kernel copy.
-pub(crate) fn nearest_chunk(isa: Isa, points: &[f32], packed: &Packed, out: &mut [Slot]) {
+fn run_isa<const D: usize>(
+    isa: Isa,
+    points: Points<'_>,
+    start: usize,
+    packed: &Packed,
+    out: &mut [Slot],
+    sums: Option<&mut Sums>,
+) {
     match isa {
-        Isa::Portable => nearest_chunk_portable(points, packed, out),
+        Isa::Portable => run_portable::<D>(points, start, packed, out, sums),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only produced by `Isa::avx2`, after detecting AVX2 and FMA.
-        Isa::Avx2 => unsafe { nearest_chunk_avx2(points, packed, out) },
+        Isa::Avx2 => unsafe { run_avx2::<D>(points, start, packed, out, sums) },
     }
+}
+
+/// Nearest centroids of points `start..start + out.len()` (sequentially, one chunk at a time),
+/// optionally summing them per cluster.
+pub(crate) fn run_points(
+    isa: Isa,
+    points: Points<'_>,
+    start: usize,
+    packed: &Packed,
+    out: &mut [Slot],
+    sums: Option<&mut Sums>,
+) {
+    assert!(
+        start + out.len() <= points.len(packed.dim),
+        "points out of range"
+    );
+    match packed.dim {
+        4 => run_isa::<4>(isa, points, start, packed, out, sums),
+        8 => run_isa::<8>(isa, points, start, packed, out, sums),
+        16 => run_isa::<16>(isa, points, start, packed, out, sums),
+        _ => run_isa::<0>(isa, points, start, packed, out, sums),
+    }
+}
+
+/// Fills `out[i]` with the nearest centroid of point `i` of `points`, in parallel over chunks.
+pub(crate) fn assign_points(isa: Isa, points: Points<'_>, packed: &Packed, out: &mut [Slot]) {
+    assert_eq!(
+        points.len(packed.dim),
+        out.len(),
+        "points and output sizes differ"
+    );
+    par::for_each_chunk_mut(out, CHUNK, |ci, o| {
+        run_points(isa, points, ci * CHUNK, packed, o, None);
+    });
 }
 
 /// Fills `out[i]` with the nearest centroid of point `i` of `data`, in parallel over chunks.
 pub(crate) fn assign_slots(isa: Isa, data: &[f32], packed: &Packed, out: &mut [Slot]) {
-    let dim = packed.dim;
-    assert_eq!(data.len(), out.len() * dim, "data and output sizes differ");
-    par::for_each_chunk_mut(out, CHUNK, |ci, o| {
-        let start = ci * CHUNK;
-        nearest_chunk(isa, &data[start * dim..(start + o.len()) * dim], packed, o);
-    });
+    assign_points(isa, Points::Dense(data), packed, out)
 }
 
 /// Sum of the distances of `slots`, in f64, in order.
@@ -503,6 +822,30 @@ pub(crate) mod tests {
             .collect();
         for s in &all[1..] {
             assert_eq!(s, &all[0]);
+        }
+    }
+
+    #[test]
+    fn kernel_copies_agree_for_every_specialisation() {
+        // The unrolled dimensions (4, 8, 16) and generic ones, k not a multiple of the
+        // centroid group, point counts not a multiple of the point block, several tiles.
+        for &(dim, k, n) in &[
+            (4usize, 1027usize, 1001usize),
+            (8, 300, 77),
+            (16, 5, 33),
+            (3, 2, 45),
+            (64, 70, 19),
+        ] {
+            let data = uniform(n * dim, dim as u64, -2.0, 2.0);
+            let centroids = uniform(k * dim, k as u64, -2.0, 2.0);
+            let all: Vec<Vec<Slot>> = Isa::all()
+                .into_iter()
+                .map(|isa| run(isa, &data, dim, &centroids))
+                .collect();
+            for s in &all[1..] {
+                assert_eq!(s, &all[0], "dim {dim} k {k}");
+            }
+            assert_near_oracle(&data, dim, &centroids, &all[0]);
         }
     }
 

@@ -121,89 +121,237 @@ struct Block {
     sum: f64,
 }
 
-/// `acc[i] = ||x_i - c||^2` for the points of `xt` (transposed, `acc.len()` points).
+/// Candidates evaluated together (accumulators held in registers).
+const CAND_GROUP: usize = 4;
+
+/// `a < b ? a : b`: the minimum as the x86 `minps` instruction defines it (so that both
+/// kernel copies agree even on NaN).
 #[inline(always)]
-fn block_dists(xt: &[f32], c: &[f32], acc: &mut [f32]) {
-    let len = acc.len();
-    acc.fill(0.0);
+fn min_ps(a: f32, b: f32) -> f32 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+/// Squared distance of block point `i` to `c`: an f32 sum of `(x_j - c_j)^2` in coordinate
+/// order (what every kernel lane computes).
+#[inline(always)]
+fn point_dist(xt: &[f32], len: usize, i: usize, c: &[f32]) -> f32 {
+    let mut a = 0f32;
     for (j, &cj) in c.iter().enumerate() {
-        let xr = &xt[j * len..(j + 1) * len];
-        for (a, &x) in acc.iter_mut().zip(xr) {
-            let t = x - cj;
-            *a += t * t;
+        let t = xt[j * len + i] - cj;
+        a += t * t;
+    }
+    a
+}
+
+/// Adds `min(||x_i - c_g||^2, dmin_i)` to `lanes[g][i % SUM_LANES]` for every point `i` of the
+/// block and each of the [`CAND_GROUP`] candidates of `cands` (`CAND_GROUP * dim` values).
+/// With `store` (one candidate, `cands` repeating it), also writes the minimum into `store`.
+#[inline(always)]
+fn block_pass_portable<const G: usize>(
+    xt: &[f32],
+    dmin: &[f32],
+    dim: usize,
+    cands: &[f32],
+    lanes: &mut [[f64; SUM_LANES]; G],
+    mut store: Option<&mut [f32]>,
+) {
+    let (len, full) = block_bounds::<G>(xt, dmin, dim, cands, store.as_deref());
+    for i0 in (0..full).step_by(SUM_LANES) {
+        let mut acc = [[0f32; SUM_LANES]; G];
+        for j in 0..dim {
+            let x = &xt[j * len + i0..j * len + i0 + SUM_LANES];
+            for g in 0..G {
+                let c = cands[g * dim + j];
+                for l in 0..SUM_LANES {
+                    let t = x[l] - c;
+                    acc[g][l] += t * t;
+                }
+            }
+        }
+        for g in 0..G {
+            for l in 0..SUM_LANES {
+                lanes[g][l] += f64::from(min_ps(acc[g][l], dmin[i0 + l]));
+            }
+        }
+        if let Some(out) = store.as_deref_mut() {
+            for l in 0..SUM_LANES {
+                out[i0 + l] = min_ps(acc[0][l], dmin[i0 + l]);
+            }
+        }
+    }
+    block_tail::<G>(xt, dmin, dim, cands, lanes, store, full);
+}
+
+/// Checks the slice lengths both kernel copies rely on; returns the number of points of the
+/// block and how many of them fall in full groups of [`SUM_LANES`].
+#[inline(always)]
+fn block_bounds<const G: usize>(
+    xt: &[f32],
+    dmin: &[f32],
+    dim: usize,
+    cands: &[f32],
+    store: Option<&[f32]>,
+) -> (usize, usize) {
+    let len = dmin.len();
+    assert!(xt.len() == len * dim && cands.len() == G * dim);
+    assert!(store.map_or(true, |out| out.len() == len));
+    (len, len - len % SUM_LANES)
+}
+
+/// The points of the block after the last full group of [`SUM_LANES`] (scalar, shared by both
+/// kernel copies).
+#[inline(always)]
+fn block_tail<const G: usize>(
+    xt: &[f32],
+    dmin: &[f32],
+    dim: usize,
+    cands: &[f32],
+    lanes: &mut [[f64; SUM_LANES]; G],
+    mut store: Option<&mut [f32]>,
+    full: usize,
+) {
+    let len = dmin.len();
+    for i in full..len {
+        let dm = dmin[i];
+        for g in 0..G {
+            let m = min_ps(point_dist(xt, len, i, &cands[g * dim..(g + 1) * dim]), dm);
+            lanes[g][i - full] += f64::from(m);
+            if g == 0 {
+                if let Some(out) = store.as_deref_mut() {
+                    out[i] = m;
+                }
+            }
         }
     }
 }
 
-/// Sum of `min(a, b)` over two slices, in f64, with a fixed lane order.
-#[inline(always)]
-fn sum_min(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0f64; SUM_LANES];
-    let mut ca = a.chunks_exact(SUM_LANES);
-    let mut cb = b.chunks_exact(SUM_LANES);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..SUM_LANES {
-            lanes[l] += f64::from(x[l].min(y[l]));
+/// The AVX2 copy of [`block_pass_portable`]: the same operations, eight points per instruction.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_pass_avx2<const G: usize>(
+    xt: &[f32],
+    dmin: &[f32],
+    dim: usize,
+    cands: &[f32],
+    lanes: &mut [[f64; SUM_LANES]; G],
+    mut store: Option<&mut [f32]>,
+) {
+    use std::arch::x86_64::*;
+    let (len, full) = block_bounds::<G>(xt, dmin, dim, cands, store.as_deref());
+    // SAFETY (all loads and stores): `i0 + SUM_LANES <= full <= len`, `j < dim`, `g <
+    // CAND_GROUP`, within the lengths asserted above.
+    unsafe {
+        let xp = xt.as_ptr();
+        let dp = dmin.as_ptr();
+        let cp = cands.as_ptr();
+        let mut lo = [_mm256_setzero_pd(); G];
+        let mut hi = [_mm256_setzero_pd(); G];
+        for g in 0..G {
+            lo[g] = _mm256_loadu_pd(lanes[g].as_ptr());
+            hi[g] = _mm256_loadu_pd(lanes[g].as_ptr().add(4));
+        }
+        let mut i0 = 0;
+        while i0 < full {
+            let mut acc = [_mm256_setzero_ps(); G];
+            for j in 0..dim {
+                let x = _mm256_loadu_ps(xp.add(j * len + i0));
+                for (g, a) in acc.iter_mut().enumerate() {
+                    let t = _mm256_sub_ps(x, _mm256_broadcast_ss(&*cp.add(g * dim + j)));
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(t, t));
+                }
+            }
+            let dm = _mm256_loadu_ps(dp.add(i0));
+            for g in 0..G {
+                let m = _mm256_min_ps(acc[g], dm);
+                lo[g] = _mm256_add_pd(lo[g], _mm256_cvtps_pd(_mm256_castps256_ps128(m)));
+                hi[g] = _mm256_add_pd(hi[g], _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(m)));
+            }
+            if let Some(out) = store.as_deref_mut() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(i0), _mm256_min_ps(acc[0], dm));
+            }
+            i0 += SUM_LANES;
+        }
+        for g in 0..G {
+            _mm256_storeu_pd(lanes[g].as_mut_ptr(), lo[g]);
+            _mm256_storeu_pd(lanes[g].as_mut_ptr().add(4), hi[g]);
         }
     }
-    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-        lanes[l] += f64::from(x.min(*y));
-    }
-    lanes.iter().sum()
+    block_tail::<G>(xt, dmin, dim, cands, lanes, store, full);
 }
 
-/// Potential of the block if each candidate were added: one f64 per candidate.
-#[inline(always)]
-fn potentials_generic(block: &Block, cands: &[&[f32]]) -> Vec<f64> {
-    let mut acc = vec![0f32; block.dmin.len()];
-    cands
-        .iter()
-        .map(|c| {
-            block_dists(&block.xt, c, &mut acc);
-            sum_min(&acc, &block.dmin)
-        })
-        .collect()
-}
-
-/// Adds centroid `c` to the block: `dmin = min(dmin, ||x - c||^2)`, `sum` recomputed.
-#[inline(always)]
-fn update_generic(block: &mut Block, c: &[f32]) {
-    let mut acc = vec![0f32; block.dmin.len()];
-    block_dists(&block.xt, c, &mut acc);
-    block.sum = sum_min(&acc, &block.dmin);
-    for (d, a) in block.dmin.iter_mut().zip(&acc) {
-        *d = d.min(*a);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn potentials_avx2(block: &Block, cands: &[&[f32]]) -> Vec<f64> {
-    potentials_generic(block, cands)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn update_avx2(block: &mut Block, c: &[f32]) {
-    update_generic(block, c)
-}
-
-fn potentials(isa: Isa, block: &Block, cands: &[&[f32]]) -> Vec<f64> {
+/// Runs one pass over a block with the kernel copy of `isa`.
+fn block_pass<const G: usize>(
+    isa: Isa,
+    xt: &[f32],
+    dmin: &[f32],
+    dim: usize,
+    cands: &[f32],
+    lanes: &mut [[f64; SUM_LANES]; G],
+    store: Option<&mut [f32]>,
+) {
     match isa {
-        Isa::Portable => potentials_generic(block, cands),
+        Isa::Portable => block_pass_portable::<G>(xt, dmin, dim, cands, lanes, store),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only produced after detecting AVX2 and FMA.
-        Isa::Avx2 => unsafe { potentials_avx2(block, cands) },
+        Isa::Avx2 => unsafe { block_pass_avx2::<G>(xt, dmin, dim, cands, lanes, store) },
     }
 }
 
-fn update(isa: Isa, block: &mut Block, c: &[f32]) {
-    match isa {
-        Isa::Portable => update_generic(block, c),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only produced after detecting AVX2 and FMA.
-        Isa::Avx2 => unsafe { update_avx2(block, c) },
+/// Sum of the lanes, in order.
+fn lane_sum(lanes: &[f64; SUM_LANES]) -> f64 {
+    let mut s = 0f64;
+    for &v in lanes {
+        s += v;
     }
+    s
+}
+
+/// Potential of the block if each candidate were added (`cands`: `out.len() * dim` values).
+fn potentials(isa: Isa, block: &Block, dim: usize, cands: &[f32], out: &mut [f64]) {
+    fn group<const G: usize>(isa: Isa, block: &Block, dim: usize, cands: &[f32], out: &mut [f64]) {
+        let mut lanes = [[0f64; SUM_LANES]; G];
+        block_pass::<G>(isa, &block.xt, &block.dmin, dim, cands, &mut lanes, None);
+        for (o, l) in out.iter_mut().zip(&lanes) {
+            *o = lane_sum(l);
+        }
+    }
+    let t = out.len();
+    let mut g0 = 0;
+    while g0 < t {
+        let g = (t - g0).min(CAND_GROUP);
+        let (c, o) = (&cands[g0 * dim..(g0 + g) * dim], &mut out[g0..g0 + g]);
+        match g {
+            1 => group::<1>(isa, block, dim, c, o),
+            2 => group::<2>(isa, block, dim, c, o),
+            3 => group::<3>(isa, block, dim, c, o),
+            _ => group::<CAND_GROUP>(isa, block, dim, c, o),
+        }
+        g0 += g;
+    }
+}
+
+/// Adds centroid `c` to the block: `dmin = min(dmin, ||x - c||^2)`, `sum` recomputed (the
+/// same arithmetic as the candidate's potential, so the two agree bit for bit).
+fn update(isa: Isa, block: &mut Block, dim: usize, c: &[f32]) {
+    let mut lanes = [[0f64; SUM_LANES]; 1];
+    let old = block.dmin.clone();
+    block_pass::<1>(
+        isa,
+        &block.xt,
+        &old,
+        dim,
+        c,
+        &mut lanes,
+        Some(&mut block.dmin),
+    );
+    block.sum = lane_sum(&lanes[0]);
 }
 
 /// Draws a sample position with probability proportional to `dmin`; `r` is uniform in
@@ -275,7 +423,7 @@ fn kmeans_pp(
     let first = rng.random_range(0..s);
     chosen.push(first);
     let c0 = row(first);
-    par::for_each_chunk_mut(&mut blocks, 1, |_, b| update(isa, &mut b[0], c0));
+    par::for_each_chunk_mut(&mut blocks, 1, |_, b| update(isa, &mut b[0], dim, c0));
 
     while chosen.len() < k {
         let pot: f64 = blocks.iter().map(|b| b.sum).sum();
@@ -287,8 +435,15 @@ fn kmeans_pp(
         let cand_pos: Vec<usize> = (0..trials)
             .map(|_| draw(&blocks, pot, rng.random::<f64>()))
             .collect();
-        let cands: Vec<&[f32]> = cand_pos.iter().map(|&p| row(p)).collect();
-        let partial = par::map_range(blocks.len(), |b| potentials(isa, &blocks[b], &cands));
+        let mut cands = Vec::with_capacity(trials * dim);
+        for &p in &cand_pos {
+            cands.extend_from_slice(row(p));
+        }
+        let partial = par::map_range(blocks.len(), |b| {
+            let mut out = vec![0f64; trials];
+            potentials(isa, &blocks[b], dim, &cands, &mut out);
+            out
+        });
         let mut totals = vec![0f64; trials];
         for p in &partial {
             for (t, v) in totals.iter_mut().zip(p) {
@@ -301,8 +456,8 @@ fn kmeans_pp(
                 best = t;
             }
         }
-        let c = cands[best];
-        par::for_each_chunk_mut(&mut blocks, 1, |_, b| update(isa, &mut b[0], c));
+        let c = &cands[best * dim..(best + 1) * dim];
+        par::for_each_chunk_mut(&mut blocks, 1, |_, b| update(isa, &mut b[0], dim, c));
         chosen.push(cand_pos[best]);
         reporter.tick(
             Progress {
@@ -358,6 +513,21 @@ mod tests {
         assert!(a
             .chunks_exact(dim)
             .all(|r| rows.contains(&r.iter().map(|x| x.to_bits()).collect::<Vec<_>>())));
+    }
+
+    #[test]
+    fn kmeans_pp_copies_agree_with_partial_blocks() {
+        // 4 and 16 dimensions, a sample with a partial last block and a partial lane group.
+        for dim in [4usize, 16] {
+            let data = uniform(3000 * dim, dim as u64, -1.0, 1.0);
+            let mut p = KMeansParams::new(37).with_seed(5);
+            p.init_sample = 1029;
+            let a = init(&data, dim, &p, Isa::Portable);
+            for isa in Isa::all() {
+                assert_eq!(init(&data, dim, &p, isa), a, "dim {dim} {isa:?}");
+            }
+            assert_eq!(distinct_rows(&a, dim), 37);
+        }
     }
 
     #[test]

@@ -1,24 +1,33 @@
 //! Full-data Lloyd iterations, empty-cluster re-seeding and the final assignment.
 //!
 //! A Lloyd iteration assigns every point (parallel kernel) and moves each centroid to the exact
-//! mean of its points. The means are accumulated in f64, each cluster's points in index order
-//! (points are bucketed by cluster with a counting sort, then clusters are summed in parallel),
-//! so they do not depend on the thread count, and a cluster of identical points gets exactly
-//! that point. Clusters left empty are re-seeded with the points farthest from their centroids
-//! (largest distance first, lowest index on ties), each taken from a cluster that keeps at
-//! least one point, as scikit-learn does.
+//! mean of its points. The means are accumulated in f64 over a fixed partition of the points
+//! (each part summed in point order, in parallel, the parts added in order; see
+//! [`cluster_sums`]), so they do not depend on the thread count, and a cluster of identical
+//! points gets exactly that point. Clusters left empty are re-seeded with the points farthest
+//! from their centroids (largest distance first, lowest index on ties), each taken from a
+//! cluster that keeps at least one point, as scikit-learn does. The sample phase uses the same
+//! sums, computed while the points are assigned ([`assign_sum`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::assign::{assign_slots, inertia_of, Isa, Packed, Slot, CHUNK};
+use super::assign::{
+    assign_points, assign_slots, inertia_of, run_points, Isa, Packed, Points, Slot, Sums, CHUNK,
+};
 use super::params::{Progress, ProgressStage, ValidKMeansParams};
 use super::report::Reporter;
 use crate::error::Result;
 use crate::par;
 
-/// Clusters per parallel work item when summing.
-const SUM_CLUSTERS: usize = 64;
+/// Most parts the points are cut into when summing clusters.
+const MAX_PARTS: usize = 64;
+/// Fewest points per part.
+const MIN_PART_POINTS: usize = 4096;
+/// Assignment and summing are fused when there are at least this many parts.
+const FUSED_MIN_PARTS: usize = 16;
+/// Bound on the memory of all parts' partial sums together.
+const PARTS_BYTES: usize = 32 << 20;
 /// Multiply-adds per slab of a full pass (between two progress/cancellation checks).
 const SLAB_WORK: usize = 1 << 27;
 
@@ -55,39 +64,118 @@ fn full_pass(
     Ok(())
 }
 
+/// Number of consecutive parts the points are cut into when summing clusters: it depends only
+/// on `n`, `k` and `dim` (at most [`MAX_PARTS`], at least [`MIN_PART_POINTS`] points each, all
+/// parts' sums within [`PARTS_BYTES`]).
+fn sum_parts(n: usize, k: usize, dim: usize) -> usize {
+    let by_memory = (PARTS_BYTES / (k * dim * 8).max(1)).max(1);
+    (n / MIN_PART_POINTS).clamp(1, MAX_PARTS.min(by_memory))
+}
+
+/// Per-cluster point counts and coordinate sums of `points` (assigned by `slots`), with empty
+/// clusters re-seeded as [`relocate_empty`] does. Returns `(counts, sums, relocated clusters)`.
+///
+/// The points are cut into [`sum_parts`] consecutive parts; each part is summed in f64 in point
+/// order (in parallel), and the parts are added in order. The result does not depend on the
+/// thread count, and a cluster of identical points gets exactly that point as its mean.
+pub(crate) fn cluster_sums(
+    points: Points<'_>,
+    dim: usize,
+    slots: &[Slot],
+    k: usize,
+) -> (Vec<u32>, Vec<f64>, Vec<usize>) {
+    let n = slots.len();
+    assert_eq!(points.len(dim), n, "points and slots differ");
+    let parts = sum_parts(n, k, dim);
+    let per = n.div_ceil(parts).max(1);
+    let partial = par::map_range(parts, |p| {
+        let mut s = Sums::new(k, dim);
+        let (lo, hi) = ((p * per).min(n), ((p + 1) * per).min(n));
+        for (q, slot) in (lo..hi).zip(&slots[lo..hi]) {
+            s.add(slot.idx as usize, points.row(q, dim));
+        }
+        s
+    });
+    finish_sums(points, dim, slots, k, partial)
+}
+
+/// Assigns `points` to their nearest centroids (into `slots`) and returns what
+/// [`cluster_sums`] would: the same parts, summed while each chunk of points is in cache when
+/// there are enough parts to keep every core busy (else assigned first, then summed).
+///
+/// The work goes in slabs of about [`SLAB_WORK`] multiply-adds (whole parts, at least
+/// [`FUSED_MIN_PARTS`] of them, on the fused path); `tick(points done, work)` runs between slabs
+/// and stops everything when it fails (progress reports and cancellation).
+pub(crate) fn assign_sum(
+    isa: Isa,
+    points: Points<'_>,
+    packed: &Packed,
+    slots: &mut [Slot],
+    tick: &mut dyn FnMut(usize, u64) -> Result<()>,
+) -> Result<(Vec<u32>, Vec<f64>, Vec<usize>)> {
+    let (n, k, dim) = (slots.len(), packed.k(), packed.dim());
+    let per_point = k.div_ceil(16) * 16 * dim;
+    let parts = sum_parts(n, k, dim);
+    if parts < FUSED_MIN_PARTS {
+        let slab = (SLAB_WORK / per_point).div_ceil(CHUNK).max(1) * CHUNK;
+        let mut start = 0;
+        for out in slots.chunks_mut(slab) {
+            let end = start + out.len();
+            let sub = match points {
+                Points::Dense(d) => Points::Dense(&d[start * dim..end * dim]),
+                Points::Indexed(d, idx) => Points::Indexed(d, &idx[start..end]),
+            };
+            assign_points(isa, sub, packed, out);
+            start = end;
+            tick(end, (out.len() * per_point) as u64)?;
+        }
+        return Ok(cluster_sums(points, dim, slots, k));
+    }
+    let per = n.div_ceil(parts).max(1);
+    let mut jobs: Vec<(usize, &mut [Slot], Sums)> = slots
+        .chunks_mut(per)
+        .enumerate()
+        .map(|(p, out)| (p * per, out, Sums::new(k, dim)))
+        .collect();
+    let group = (SLAB_WORK / (per * per_point).max(1)).max(FUSED_MIN_PARTS);
+    for g in jobs.chunks_mut(group) {
+        par::for_each_chunk_mut(g, 1, |_, job| {
+            let (start, out, sums) = &mut job[0];
+            run_points(isa, points, *start, packed, out, Some(sums));
+        });
+        let (start, out, _) = g.last().expect("chunks are not empty");
+        let done: usize = g.iter().map(|j| j.1.len()).sum();
+        tick(*start + out.len(), (done * per_point) as u64)?;
+    }
+    let partial: Vec<Sums> = jobs.into_iter().map(|(_, _, s)| s).collect();
+    Ok(finish_sums(points, dim, slots, k, partial))
+}
+
+/// Adds the parts' sums in order and re-seeds empty clusters.
+fn finish_sums(
+    points: Points<'_>,
+    dim: usize,
+    slots: &[Slot],
+    k: usize,
+    partial: Vec<Sums>,
+) -> (Vec<u32>, Vec<f64>, Vec<usize>) {
+    let mut it = partial.into_iter();
+    let mut total = it.next().unwrap_or_else(|| Sums::new(k, dim));
+    for p in it {
+        total.merge(&p);
+    }
+    let Sums {
+        mut counts,
+        mut sums,
+    } = total;
+    let relocated = relocate_empty(points, dim, slots, &mut counts, &mut sums);
+    (counts, sums, relocated)
+}
+
 /// Moves every centroid to the mean of its points, re-seeding empty clusters.
 pub(crate) fn update_centroids(data: &[f32], dim: usize, slots: &[Slot], centroids: &mut [f32]) {
     let k = centroids.len() / dim;
-    let mut counts = vec![0u32; k];
-    for s in slots {
-        counts[s.idx as usize] += 1;
-    }
-    let mut offsets = vec![0usize; k + 1];
-    for c in 0..k {
-        offsets[c + 1] = offsets[c] + counts[c] as usize;
-    }
-    let mut cursor = offsets.clone();
-    let mut order = vec![0u32; slots.len()];
-    for (i, s) in slots.iter().enumerate() {
-        let c = s.idx as usize;
-        order[cursor[c]] = i as u32;
-        cursor[c] += 1;
-    }
-    drop(cursor);
-    let mut sums = vec![0f64; k * dim];
-    par::for_each_chunk_mut(&mut sums, SUM_CLUSTERS * dim, |ci, chunk| {
-        for (cc, row) in chunk.chunks_exact_mut(dim).enumerate() {
-            let c = ci * SUM_CLUSTERS + cc;
-            for &p in &order[offsets[c]..offsets[c + 1]] {
-                let x = &data[p as usize * dim..(p as usize + 1) * dim];
-                for (s, &v) in row.iter_mut().zip(x) {
-                    *s += f64::from(v);
-                }
-            }
-        }
-    });
-    drop(order);
-    relocate_empty(data, dim, slots, &mut counts, &mut sums);
+    let (counts, sums, _) = cluster_sums(Points::Dense(data), dim, slots, k);
     for ((c, s), &n) in centroids
         .chunks_exact_mut(dim)
         .zip(sums.chunks_exact(dim))
@@ -102,11 +190,19 @@ pub(crate) fn update_centroids(data: &[f32], dim: usize, slots: &[Slot], centroi
     }
 }
 
-/// Gives each empty cluster one of the points farthest from their centroids.
-fn relocate_empty(data: &[f32], dim: usize, slots: &[Slot], counts: &mut [u32], sums: &mut [f64]) {
+/// Gives each empty cluster one of the points farthest from their centroids; returns the
+/// clusters that received a point.
+fn relocate_empty(
+    points: Points<'_>,
+    dim: usize,
+    slots: &[Slot],
+    counts: &mut [u32],
+    sums: &mut [f64],
+) -> Vec<usize> {
     let empty: Vec<usize> = (0..counts.len()).filter(|&c| counts[c] == 0).collect();
+    let mut relocated = Vec::new();
     if empty.is_empty() {
-        return;
+        return relocated;
     }
     // The `empty.len()` farthest points among clusters of two points or more. Distances are
     // non-negative, so their bit patterns order like their values.
@@ -129,17 +225,19 @@ fn relocate_empty(data: &[f32], dim: usize, slots: &[Slot], counts: &mut [u32], 
             if counts[old] < 2 {
                 continue;
             }
-            let x = &data[p * dim..(p + 1) * dim];
+            let x = points.row(p, dim);
             for (j, &v) in x.iter().enumerate() {
                 sums[old * dim + j] -= f64::from(v);
                 sums[e * dim + j] = f64::from(v);
             }
             counts[old] -= 1;
             counts[e] = 1;
+            relocated.push(e);
             continue 'clusters;
         }
         break;
     }
+    relocated
 }
 
 /// Runs up to `lloyd_iters` Lloyd iterations on `centroids` (updated in place), then the final
@@ -236,6 +334,33 @@ mod tests {
         update_centroids(&data, dim, &slots, &mut centroids);
         assert_eq!(&centroids[..3], &p);
         assert_eq!(&centroids[3..], &q);
+    }
+
+    #[test]
+    fn fused_sums_equal_separate_sums() {
+        use super::super::assign::tests::uniform;
+        let dim = 16;
+        let n = 70_000; // 17 parts: the fused path
+        assert!(sum_parts(n, 40, dim) >= FUSED_MIN_PARTS);
+        let data = uniform(n * dim, 3, -1.0, 1.0);
+        let centroids = uniform(40 * dim, 4, -1.0, 1.0);
+        let packed = Packed::new(&centroids, dim);
+        let idx: Vec<u32> = (0..n as u32).rev().step_by(3).collect();
+        for points in [Points::Dense(&data), Points::Indexed(&data, &idx)] {
+            let m = points.len(dim);
+            let mut fused = vec![Slot::default(); m];
+            let mut ticks = 0;
+            let a = assign_sum(Isa::detect(), points, &packed, &mut fused, &mut |_, _| {
+                ticks += 1;
+                Ok(())
+            })
+            .unwrap();
+            assert!(ticks >= 1);
+            let mut slots = vec![Slot::default(); m];
+            assign_points(Isa::detect(), points, &packed, &mut slots);
+            assert_eq!(fused, slots);
+            assert_eq!(a, cluster_sums(points, dim, &slots, 40));
+        }
     }
 
     #[test]

@@ -1,21 +1,25 @@
-//! Mini-batch k-means for small vectors (flattened weight blocks, at most 64 values).
+//! k-means for small vectors (flattened weight blocks, at most 64 values), built for many
+//! points: it reaches the quality of 20 full-data Lloyd iterations at the cost of a few
+//! nearest-centroid passes over the data (see the README, "Benchmarks: k-means").
 //!
 //! [`fit`] runs four stages, each reported through the progress callback:
 //!
-//! 1. **Init**: k-means++ on a random sample of the points (see `init.rs` for the exact
+//! 1. **Init**: greedy k-means++ on a random sample of the points (see `init.rs` for the exact
 //!    sampling rule and what happens for very large `k`).
-//! 2. **Mini-batch**: batches drawn with replacement update the centroids with per-centroid
-//!    learning rates `1 / count`; stops early once a window of batches stops improving.
-//! 3. **Lloyd**: a few full-data iterations (assignment + exact means) to reach the quality of
-//!    full-data k-means; empty clusters are re-seeded with the points farthest from their
-//!    centroid.
+//! 2. **Sample phase** ([`ProgressStage::MiniBatch`]): Lloyd iterations with over-relaxation
+//!    and momentum on nested random samples growing from `64 k` points to `48 sqrt(n k)` (the
+//!    whole data set when that is smaller), many cheap iterations on the small samples, one or
+//!    two on the largest (`minibatch.rs`).
+//! 3. **Lloyd**: optional full-data iterations (assignment + exact means; none by default);
+//!    empty clusters are re-seeded with the points farthest from their centroid.
 //! 4. **Assign**: the final assignment of every point to its nearest centroid.
 //!
 //! The nearest-centroid search (`assign.rs`) is the hot loop: centroids are shifted by their
-//! mean, packed in panels of 16 and compared with `|c|^2 - 2 x.c` in f32, then the winner's
-//! exact distance is recomputed. Every floating-point reduction runs in a fixed order, so a
-//! fit is deterministic for a seed, independent of the thread count and of the instruction set
-//! (AVX2 or portable) it runs on.
+//! mean and compared with `x.c - |c|^2 / 2` in f32, eight points per vector register against
+//! groups of four centroids, then the winner's exact distance is recomputed in f64. Every
+//! floating-point reduction runs in a fixed order, so a fit is deterministic for a seed,
+//! independent of the thread count and of the instruction set (AVX2 or portable) it runs on.
+//! Memory stays `O(n + sample * dim + k * dim)`: there is never an `n x k` matrix.
 
 mod assign;
 mod init;
@@ -161,6 +165,42 @@ mod tests {
         let other = KMeansParams::new(24).with_seed(43).check(n, 16).unwrap();
         let d = fit(&data, 16, &other, &never_cancel).unwrap();
         assert_ne!(a.centroids, d.centroids);
+    }
+
+    #[test]
+    fn two_by_two_blocks_are_isa_independent_and_beat_a_sample_fit() {
+        // 2x2 blocks (dim 4, the library default) on more points than the largest sample, so
+        // the fit ends with the sample phase and the final assignment only.
+        let dim = 4;
+        let n = 40_000;
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let data: Vec<f32> = (0..n * dim)
+            .map(|_| {
+                let u: f32 = rng.random_range(-1.0f32..1.0);
+                u * u * u
+            })
+            .collect();
+        let params = KMeansParams::new(16).with_seed(4).check(n, dim).unwrap();
+        let a = fit(&data, dim, &params, &never_cancel).unwrap();
+        for isa in Isa::all() {
+            assert_eq!(
+                fit_with(&data, dim, &params, &never_cancel, isa).unwrap(),
+                a
+            );
+        }
+        let (_, brute) = assign_brute_force(&data, dim, &a.centroids);
+        assert!((a.inertia - brute).abs() <= 1e-6 * brute);
+        // No worse than 30 plain Lloyd iterations from the same k-means++ start on all points.
+        let mut p = KMeansParams::new(16).with_seed(4);
+        p.max_iter = 0;
+        p.lloyd_iters = 30;
+        let lloyd = fit(&data, dim, &p.check(n, dim).unwrap(), &never_cancel).unwrap();
+        assert!(
+            a.inertia <= lloyd.inertia * 1.01,
+            "{} vs {}",
+            a.inertia,
+            lloyd.inertia
+        );
     }
 
     #[cfg(feature = "parallel")]
