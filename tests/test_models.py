@@ -89,3 +89,34 @@ def test_default_compression_keeps_the_mnist_cnn(tmp_path, mnist):
     assert agreement >= 0.995, agreement
     assert float((after == y).mean()) >= 0.99
     assert report.ratio > 4.5
+
+
+def test_finetune_recovers_the_mnist_cnn_on_held_out_digits(tmp_path, mnist):
+    """The data-aware mode on a real model: calibrate on 1,000 digits, measure on the 4,000 others.
+
+    A coarse file (4x4 blocks, k=256, one stage, everything clustered: about 30x) loses much
+    of the CNN; fine-tuning its codebook and scales by distillation on the calibration digits
+    (no labels) must bring the held-out agreement with fp32 back up.
+    """
+    model, x, _ = mnist
+    # The digits are sorted by class: every fifth one (100 per class) calibrates.
+    held_out = np.arange(len(x)) % 5 != 4
+    calib, x_eval = x[~held_out], x[held_out]
+    ref = fixtures.predict(model, x_eval).argmax(1)
+    path = tmp_path / "coarse.lgn"
+    report = legofmt.save(model, path, block=(4, 4), stages=1, min_size=0)
+    assert report.ratio > 25
+
+    def agreement() -> float:
+        m = fixtures.mnist_cnn()
+        legofmt.load_into(m, path)
+        return float((fixtures.predict(m, x_eval).argmax(1) == ref).mean())
+
+    before = agreement()
+    tuned = legofmt.finetune(model, path, calib, steps=150, batch_size=100, loss="kl", progress=False)
+    after = agreement()
+    print(f"data-aware: {report.ratio:.1f}x, held-out agreement {before:.4f} -> {after:.4f}")
+    assert tuned.written and tuned.loss_after < tuned.loss_before
+    # Measured: 56.4% -> 97.4% at 35.1x (150 steps, about 9 s on 2 cores).
+    assert after > before + 0.2, (before, after)
+    assert after >= 0.95, after

@@ -10,6 +10,7 @@ See the README for the method, its accuracy trade-offs and the format.
 from __future__ import annotations
 
 from ._api import SAVE_OPTIONS, LgnReader, LoadResult, info, load, load_into, open, save
+from ._finetune import FinetuneReport, finetune
 from ._legofmt import FORMAT_VERSION, __version__
 from ._report import FileInfo, SaveReport, TensorInfo, TensorReport
 from .errors import (
@@ -28,6 +29,7 @@ __all__ = [
     "CancelledError",
     "ChecksumError",
     "FileInfo",
+    "FinetuneReport",
     "FormatError",
     "InvalidArgumentError",
     "LgnError",
@@ -39,6 +41,7 @@ __all__ = [
     "TensorReport",
     "UnsupportedVersionError",
     "__version__",
+    "finetune",
     "info",
     "load",
     "load_into",

@@ -350,6 +350,31 @@ impl Reader {
         })
     }
 
+    /// Writes a copy of the file to `dest` (atomically; `dest` may be the file itself) with
+    /// the stored tensors named in `replace` given new bytes of the same length, CRC-32s
+    /// recomputed and `metadata` added to the user metadata; returns the new file's size.
+    #[pyo3(signature = (dest, replace, metadata=None))]
+    fn rewrite(
+        &self,
+        py: Python<'_>,
+        dest: PathBuf,
+        replace: BTreeMap<String, PyReadonlyArray1<'_, u8>>,
+        metadata: Option<BTreeMap<String, String>>,
+    ) -> PyResult<u64> {
+        let mut bytes = BTreeMap::new();
+        for (name, a) in &replace {
+            let b = a
+                .as_slice()
+                .map_err(|_| invalid("replace", format!("bytes of `{name}` are not contiguous")))?;
+            bytes.insert(name.clone(), b.to_vec());
+        }
+        let md = metadata.unwrap_or_default();
+        self.with(|f| {
+            py.detach(|| f.rewrite_with(&dest, &bytes, &md))
+                .map_err(|e| to_py_in(&self.path, e))
+        })
+    }
+
     /// User metadata.
     fn metadata(&self) -> PyResult<BTreeMap<String, String>> {
         self.with(|f| Ok(f.user_metadata()))

@@ -1053,6 +1053,92 @@ impl LgnFile {
         self.load_clustered(t, rows.clone())?.run(rows, out)
     }
 
+    /// Writes a copy of this `.lgn` file to `dest`, atomically, in which the stored tensors
+    /// named in `replace` hold new bytes of the same length: fine-tuned codebooks or scales
+    /// (see legofmt's data-aware mode). Everything else is kept as it is: the manifest, the
+    /// data order (so the canonical layout of section 11 of the spec survives) and the other
+    /// stored tensors, whose CRC-32s are checked as they are copied. The CRC-32s of the
+    /// replaced tensors are recomputed, and `metadata` entries are added to (or replace) the
+    /// user metadata. Replaced codebooks and scales must hold finite values. `dest` may be
+    /// the file itself. Returns the size of the new file.
+    pub fn rewrite_with(
+        &self,
+        dest: &Path,
+        replace: &BTreeMap<String, Vec<u8>>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<u64> {
+        if self.version.is_none() {
+            return Err(LgnError::invalid(
+                "path",
+                "not an .lgn file (a plain safetensors file has nothing to rewrite)",
+            ));
+        }
+        let stored = &self.envelope.tensors;
+        let finite_only: Vec<usize> = self
+            .codebooks
+            .iter()
+            .map(|c| c.stored)
+            .chain(self.tensors.iter().filter_map(|t| match &t.layout {
+                Layout::Clustered {
+                    scale: Some((_, s)),
+                    ..
+                } => Some(*s),
+                _ => None,
+            }))
+            .collect();
+        for (name, bytes) in replace {
+            let Some(i) = stored.iter().position(|st| &st.name == name) else {
+                return Err(LgnError::invalid(
+                    "replace",
+                    format!("the file has no stored tensor `{name}`"),
+                ));
+            };
+            let st = &stored[i];
+            if bytes.len() != st.end - st.begin {
+                return Err(LgnError::invalid(
+                    "replace",
+                    format!(
+                        "`{name}` is {} bytes in the file, the replacement {} bytes",
+                        st.end - st.begin,
+                        bytes.len()
+                    ),
+                ));
+            }
+            if finite_only.contains(&i) && !all_finite(st.dtype, bytes) {
+                return Err(LgnError::invalid(
+                    "replace",
+                    format!("`{name}` (a codebook or scales) must hold finite values"),
+                ));
+            }
+        }
+        let mut pieces = Vec::with_capacity(stored.len());
+        for (i, st) in stored.iter().enumerate() {
+            let data = match replace.get(&st.name) {
+                Some(b) => b.clone(),
+                None => {
+                    let (b, skip) = self.piece_window(i, 0..st.end - st.begin, true)?;
+                    b[skip..].to_vec()
+                }
+            };
+            pieces.push(super::writer::Piece {
+                name: st.name.clone(),
+                dtype: st.dtype,
+                shape: st.shape.clone(),
+                data: Cow::Owned(data),
+                pad_to_8: false,
+            });
+        }
+        let text = self
+            .envelope
+            .metadata
+            .get(manifest::MANIFEST_KEY)
+            .ok_or_else(|| LgnError::invalid("path", "the file has no lgn.manifest"))?;
+        let mut m = Manifest::from_json(text)?;
+        let mut md = self.user_metadata();
+        md.extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+        super::writer::write_file(dest, pieces, Some(&mut m), &md)
+    }
+
     /// Checks every checksum and every index of the file (from a reader, one stored tensor
     /// at a time).
     pub fn verify(&self) -> Result<()> {
@@ -1150,6 +1236,23 @@ fn with_path(e: LgnError, path: &Path) -> LgnError {
             message: format!("{}: {message}", path.display()),
         },
         other => other,
+    }
+}
+
+/// Whether the little-endian values of `bytes` (F32, F16 or BF16; other dtypes pass) are all
+/// finite.
+fn all_finite(dtype: Dtype, bytes: &[u8]) -> bool {
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .all(|b| f16::from_le_bytes([b[0], b[1]]).is_finite()),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .all(|b| bf16::from_le_bytes([b[0], b[1]]).is_finite()),
+        _ => true,
     }
 }
 
@@ -1564,5 +1667,72 @@ mod tests {
         let mut one = [0f32; 1];
         f.decode_rows_f32_into("i.scalar", 0..1, &mut one).unwrap();
         assert_eq!(one, [2.5]);
+    }
+
+    #[test]
+    fn rewrite_with_replaces_codebooks_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("lgn-rewrite-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join("tuned.lgn");
+        let f = LgnFile::from_bytes(sample_file()).unwrap();
+        let cb = &f.stored()[f.codebooks()[0].stored];
+        let doubled: Vec<u8> = f.codebooks()[0]
+            .values
+            .iter()
+            .flat_map(|v| (2.0 * v).to_le_bytes())
+            .collect();
+        let replace = BTreeMap::from([(cb.name.clone(), doubled)]);
+        let md = BTreeMap::from([("tuned".to_string(), "yes".to_string())]);
+        f.rewrite_with(&dest, &replace, &md).unwrap();
+        let g = LgnFile::open(&dest).unwrap();
+        g.verify().unwrap();
+        assert_eq!(
+            g.user_metadata().get("tuned").map(String::as_str),
+            Some("yes")
+        );
+        let layout = |f: &LgnFile| {
+            f.stored()
+                .iter()
+                .map(|s| (s.name.clone(), s.begin, s.end))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(layout(&f), layout(&g));
+        let mut checked = 0;
+        for t in f.tensors() {
+            match &t.layout {
+                Layout::Clustered { stages, .. }
+                    if stages.len() == 1 && stages[0].0 == 0 && t.dtype == Dtype::F32 =>
+                {
+                    let (a, b) = (
+                        f.decode_f32(&t.name).unwrap(),
+                        g.decode_f32(&t.name).unwrap(),
+                    );
+                    assert!(a.iter().zip(&b).all(|(x, y)| *y == 2.0 * x), "{}", t.name);
+                    checked += 1;
+                }
+                Layout::Raw { .. } => {
+                    assert_eq!(f.decode(&t.name).unwrap(), g.decode(&t.name).unwrap());
+                    checked += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(checked >= 2, "{checked}");
+        // Wrong length, unknown name, non-finite codeword: typed errors, nothing written.
+        std::fs::remove_file(&dest).unwrap();
+        let n = f.codebooks()[0].values.len();
+        let bad = [
+            (cb.name.clone(), vec![0u8; 3]),
+            ("nope".to_string(), vec![]),
+            (cb.name.clone(), f32::NAN.to_le_bytes().repeat(n)),
+        ];
+        for (name, bytes) in bad {
+            let e = f
+                .rewrite_with(&dest, &BTreeMap::from([(name, bytes)]), &BTreeMap::new())
+                .unwrap_err();
+            assert!(matches!(e, LgnError::InvalidArgument { .. }), "{e}");
+            assert!(!dest.exists());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

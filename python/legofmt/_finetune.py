@@ -1,0 +1,345 @@
+"""The optional data-aware mode: fine-tune a saved file's codebooks (and scales) on calibration
+inputs, by distillation from the uncompressed model.
+
+Block clustering fixes, per block, *which* codeword it uses (the indices). What the codewords
+and the per-row scales hold can still move: every weight of the network is a differentiable
+function of them (section 9 of the spec, "Reconstruction"). :func:`finetune` rebuilds the
+clustered weights from the file's codebooks, indices and scales with torch, runs the model on
+calibration inputs with those weights, and moves the codewords and scales by Adam so that the
+outputs match the uncompressed model's outputs on the same inputs (no labels needed). Only the
+codebooks and scales change, so the data keeps its size and layout: the indices, the raw tensors
+and the manifest are copied, the CRC-32s of the changed tensors recomputed
+(:meth:`legofmt._legofmt.Reader.rewrite`).
+
+This is off by default and separate from :func:`legofmt.save`, which never sees data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from . import _legofmt
+from ._dtypes import require_torch
+from .errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
+@dataclass(frozen=True)
+class FinetuneReport:
+    """What :func:`finetune` did."""
+
+    path: str
+    #: Optimiser steps taken.
+    steps: int
+    #: Calibration loss (the mean over all calibration batches) before and after.
+    loss_before: float
+    loss_after: float
+    #: False when fine-tuning did not lower the loss: the file was then left unchanged.
+    written: bool
+    #: Codebook and scale tensors changed.
+    tuned_tensors: int
+    seconds: float
+
+
+def _output(y: Any) -> torch.Tensor:
+    """The tensor of a model output (a tensor, a tuple/list, a dict, or a ModelOutput)."""
+    import torch
+
+    if isinstance(y, torch.Tensor):
+        return y
+    if hasattr(y, "last_hidden_state"):
+        return y.last_hidden_state  # type: ignore[no-any-return]
+    if isinstance(y, Mapping):
+        return _output(next(iter(y.values())))
+    if isinstance(y, (tuple, list)) and y:
+        return _output(y[0])
+    raise InvalidArgumentError(f"the model returned a {type(y).__name__}; pass forward= returning a tensor")
+
+
+def _call(module: Any, batch: Any) -> Any:
+    if isinstance(batch, Mapping):
+        return module(**batch)
+    if isinstance(batch, (tuple, list)):
+        return module(*batch)
+    return module(batch)
+
+
+def _loss_fn(loss: str | LossFn) -> LossFn:
+    import torch
+
+    if callable(loss):
+        return loss
+    if loss == "mse":
+        # Relative: the mean squared error over the teacher's mean square, so that the value
+        # reads the same whatever the output's scale.
+        return lambda s, t: ((s - t) ** 2).mean() / (t**2).mean().clamp_min(1e-12)
+    if loss == "kl":
+        return lambda s, t: torch.nn.functional.kl_div(
+            s.flatten(0, -2).log_softmax(-1),
+            t.flatten(0, -2).log_softmax(-1),
+            log_target=True,
+            reduction="batchmean",
+        )
+    raise InvalidArgumentError(f"loss must be 'mse', 'kl' or a callable, got {loss!r}")
+
+
+def _batches(inputs: Any, batch_size: int) -> list[Any]:
+    import torch
+
+    if isinstance(inputs, torch.Tensor):
+        if inputs.shape[0] == 0:
+            raise InvalidArgumentError("inputs is empty")
+        return list(inputs.split(batch_size))  # type: ignore[no-untyped-call]
+    if isinstance(inputs, np.ndarray):
+        return _batches(torch.from_numpy(inputs), batch_size)
+    if isinstance(inputs, Iterable):
+        batches = list(inputs)
+        if not batches:
+            raise InvalidArgumentError("inputs is empty")
+        return batches
+    raise InvalidArgumentError(
+        f"inputs must be a tensor of inputs or an iterable of batches, got {type(inputs).__name__}"
+    )
+
+
+def _le_bytes(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The little-endian bytes of ``a``, flat."""
+    return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
+
+
+class _Clustered:
+    """One clustered tensor of the file, rebuilt differentiably from codebooks and scales."""
+
+    def __init__(self, entry: dict[str, Any], codebooks: list[dict[str, Any]], stored: Any) -> None:
+        import torch
+
+        self.name: str = entry["name"]
+        self.shape = tuple(entry["shape"])
+        rows = self.shape[0]
+        cols = math.prod(self.shape[1:])
+        bh, bw = codebooks[entry["stages"][0]["codebook"]]["block"]
+        self.rows, self.cols, self.bh, self.bw = rows, cols, bh, bw
+        self.gr, self.gc = -(-rows // bh), -(-cols // bw)
+        n = self.gr * self.gc
+        self.stages: list[tuple[int, torch.Tensor]] = []
+        for st in entry["stages"]:
+            cb = codebooks[st["codebook"]]
+            packed = stored.get_tensor(st["indices"]).numpy()
+            idx = _legofmt.unpack_indices(packed, cb["bits"], n)
+            self.stages.append((st["codebook"], torch.from_numpy(idx.astype(np.int64))))
+        self.scale = entry.get("scale")
+
+    def weight(self, codebooks: Sequence[torch.Tensor], scales: dict[str, torch.Tensor]) -> torch.Tensor:
+        acc = None
+        for c, idx in self.stages:
+            v = codebooks[c][idx]
+            acc = v if acc is None else acc + v
+        assert acc is not None
+        w = acc.view(self.gr, self.gc, self.bh, self.bw).permute(0, 2, 1, 3).reshape(self.gr * self.bh, -1)
+        w = w[: self.rows, : self.cols]
+        if self.scale is not None:
+            s = scales[self.scale["tensor"]]
+            w = w * (s[:, None] if self.scale["mode"] == "row" else s[0])
+        return w.reshape(self.shape)
+
+
+def finetune(
+    model: torch.nn.Module,
+    path: PathLike,
+    inputs: Any,
+    *,
+    steps: int = 200,
+    lr: float = 1e-2,
+    batch_size: int = 32,
+    loss: str | LossFn = "mse",
+    forward: Callable[[torch.nn.Module, Any], Any] | None = None,
+    scales: bool = True,
+    out: PathLike | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> FinetuneReport:
+    """Fine-tunes the codebooks (and per-row scales) of the ``.lgn`` file ``path`` so that
+    ``model`` run with the file's weights reproduces ``model``'s own outputs on ``inputs``.
+
+    ``model`` is the uncompressed model the file was saved from (``legofmt.save(model, path)``,
+    same tensor names); it is used as the teacher and is not modified. ``inputs`` is a tensor
+    of calibration inputs (cut into batches of ``batch_size``) or an iterable of batches (a
+    tensor, a tuple of positional arguments or a dict of keyword arguments each). ``forward``
+    (``forward(module, batch) -> output``) replaces the plain call; an output that is not a
+    tensor is reduced to one (``last_hidden_state``, or the first element).
+
+    ``loss``: ``"mse"`` (default; relative mean squared error of the outputs), ``"kl"`` (KL
+    divergence of the softmax of the last dimension, for classifier logits) or a callable
+    ``loss(student, teacher)``. ``steps`` Adam steps cycle over the batches; ``lr`` is relative
+    (each codebook's step is ``lr`` times its RMS value; scales move by ``exp`` of a
+    parameter). With ``scales=False`` only the codebooks move.
+
+    The result is written to ``out`` (default: ``path`` itself, atomically) only if the mean
+    calibration loss went down; the data keeps its size, layout and indices, and records what
+    was done under the metadata key ``legofmt.finetune``.
+    """
+    require_torch()
+    import torch
+    from safetensors import safe_open
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise InvalidArgumentError(f"steps must be an int >= 0, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise InvalidArgumentError(f"lr must be a positive number, got {lr!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    lossf = _loss_fn(loss)
+    path = os.fspath(path)
+    dest = os.fspath(out) if out is not None else path
+    batches = _batches(inputs, batch_size)
+    t0 = time.perf_counter()
+
+    reader = _legofmt.Reader(path)
+    try:
+        reader.verify()
+        with safe_open(path, framework="pt") as f:
+            md = f.metadata() or {}
+            if "lgn.manifest" not in md:
+                raise InvalidArgumentError(f"{path}: not an .lgn file (no lgn.manifest)")
+            manifest = json.loads(md["lgn.manifest"])
+            params: dict[str, torch.Tensor] = dict(model.named_parameters())
+            params.update(dict(model.named_buffers()))
+            entries = [t for t in manifest["tensors"] if t["encoding"] == "clustered"]
+            missing = [t["name"] for t in entries if t["name"] not in params]
+            if missing:
+                raise InvalidArgumentError(
+                    f"{path}: clustered tensor(s) {', '.join(missing[:5])} are not tensors of the model"
+                )
+            for t in entries:
+                if tuple(params[t["name"]].shape) != tuple(t["shape"]):
+                    raise InvalidArgumentError(
+                        f"{path}: tensor {t['name']!r} is {t['shape']} in the file but "
+                        f"{list(params[t['name']].shape)} in the model"
+                    )
+            clustered = [_Clustered(t, manifest["codebooks"], f) for t in entries]
+            cbs = [
+                torch.nn.Parameter(f.get_tensor(c["tensor"]).float().reshape(c["k"], -1).clone())
+                for c in manifest["codebooks"]
+            ]
+            scale_names = sorted({c.scale["tensor"] for c in clustered if c.scale is not None})
+            scale0 = {n: f.get_tensor(n) for n in scale_names}
+    finally:
+        reader.close()
+    log_s = {n: torch.nn.Parameter(torch.zeros(s.shape)) for n, s in scale0.items()}
+
+    def scale_values(stored: bool = False) -> dict[str, torch.Tensor]:
+        """The scales; with ``stored``, rounded to their stored dtype as the file will hold them."""
+        v = {n: scale0[n].float() * torch.exp(log_s[n]) for n in scale_names}
+        return {n: s.to(scale0[n].dtype).float() for n, s in v.items()} if stored else v
+
+    fwd = forward if forward is not None else _call
+
+    class _Wrapped(torch.nn.Module):
+        """``fwd(model, batch)`` as a module, so that functional_call can swap the weights."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, batch: Any) -> Any:
+            return fwd(self.m, batch)
+
+    wrapped = _Wrapped()
+
+    def run(batch: Any, w: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        if w is None:
+            return _output(fwd(model, batch))
+        swapped = {"m." + k: v for k, v in w.items()}
+        return _output(torch.func.functional_call(wrapped, swapped, (batch,), strict=False))
+
+    def weights(stored: bool = False) -> dict[str, torch.Tensor]:
+        sv = scale_values(stored)
+        return {c.name: c.weight(cbs, sv).to(params[c.name].dtype) for c in clustered}
+
+    was_training = model.training
+    model.eval()
+    # The model's own parameters must not collect gradients (it is the user's model).
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in grads:
+        p.requires_grad_(False)
+    torch.manual_seed(seed)
+    try:
+        with torch.no_grad():
+            teacher = [run(b, None).detach() for b in batches]
+
+        def mean_loss() -> float:
+            with torch.no_grad():
+                w = weights(stored=True)
+                return float(sum(float(lossf(run(b, w), t)) for b, t in zip(batches, teacher)) / len(batches))
+
+        before = mean_loss()
+        groups: list[dict[str, Any]] = [
+            {"params": [c], "lr": lr * max(float(c.detach().pow(2).mean().sqrt()), 1e-8)} for c in cbs
+        ]
+        if scales and log_s:
+            groups.append({"params": list(log_s.values()), "lr": lr})
+        opt = torch.optim.Adam(groups)
+        bar = None
+        if progress or (progress is None and os.isatty(2)):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc="finetune", leave=False)
+        for step in range(steps):
+            i = step % len(batches)
+            opt.zero_grad()
+            value = lossf(run(batches[i], weights()), teacher[i])
+            value.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(value):.4g}")
+        if bar is not None:
+            bar.close()
+        after = mean_loss()
+    finally:
+        model.train(was_training)
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+    written = after < before and steps > 0
+    tuned = 0
+    if written:
+        replace: dict[str, np.ndarray[Any, Any]] = {}
+        for c, p in zip(manifest["codebooks"], cbs):
+            replace[c["tensor"]] = _le_bytes(p.detach().float().numpy())
+        if scales:
+            for n, v in scale_values().items():
+                replace[n] = _le_bytes(v.detach().to(scale0[n].dtype).numpy())
+        tuned = len(replace)
+        note = json.dumps(
+            {"steps": steps, "batches": len(batches), "loss_before": before, "loss_after": after, "scales": scales}
+        )
+        reader = _legofmt.Reader(path)
+        try:
+            reader.rewrite(dest, replace, {"legofmt.finetune": note})
+        finally:
+            reader.close()
+    return FinetuneReport(
+        path=dest,
+        steps=steps,
+        loss_before=before,
+        loss_after=after,
+        written=written,
+        tuned_tensors=tuned,
+        seconds=time.perf_counter() - t0,
+    )
