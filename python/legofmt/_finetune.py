@@ -42,12 +42,14 @@ class FinetuneReport:
     """What :func:`finetune` did."""
 
     path: str
-    #: Optimiser steps taken.
+    #: Optimiser steps taken, and the step whose state was kept (0: none, the file is unchanged).
     steps: int
-    #: Calibration loss (the mean over all calibration batches) before and after.
+    best_step: int
+    #: Loss on the held-out calibration batches (every fifth; all batches when there is only
+    #: one) before fine-tuning and at the kept step.
     loss_before: float
     loss_after: float
-    #: False when fine-tuning did not lower the loss: the file was then left unchanged.
+    #: False when fine-tuning never lowered the held-out loss: the file was then left unchanged.
     written: bool
     #: Codebook and scale tensors changed.
     tuned_tensors: int
@@ -183,13 +185,18 @@ def finetune(
 
     ``loss``: ``"mse"`` (default; relative mean squared error of the outputs), ``"kl"`` (KL
     divergence of the softmax of the last dimension, for classifier logits) or a callable
-    ``loss(student, teacher)``. ``steps`` Adam steps cycle over the batches; ``lr`` is relative
-    (each codebook's step is ``lr`` times its RMS value; scales move by ``exp`` of a
-    parameter). With ``scales=False`` only the codebooks move.
+    ``loss(student, teacher)``. Every fifth batch (the last one if there are fewer than five;
+    none if there is only one) is held out: ``steps`` Adam steps cycle over the other batches,
+    the held-out loss is measured about ten times along the way, and the state with the lowest
+    held-out loss is kept (early stopping against overfitting a small calibration set). ``lr``
+    is relative (each codebook's step is ``lr`` times its RMS value; scales move by ``exp`` of
+    a parameter). With ``scales=False`` only the codebooks move.
 
-    The result is written to ``out`` (default: ``path`` itself, atomically) only if the mean
-    calibration loss went down; the data keeps its size, layout and indices, and records what
-    was done under the metadata key ``legofmt.finetune``.
+    The result is written to ``out`` (default: ``path`` itself, atomically) only if the
+    held-out loss went down; the data keeps its size, layout and indices, and the file records
+    what was done under the metadata key ``legofmt.finetune``. Calibration inputs should look
+    like the inputs the model will see: a held-out loss measured on unlike inputs can improve
+    while real accuracy falls.
     """
     require_torch()
     import torch
@@ -282,41 +289,60 @@ def finetune(
         with torch.no_grad():
             teacher = [run(b, None).detach() for b in batches]
 
+        # Every fifth batch (when there are at least two) is held out: the loss on those picks
+        # the best state seen (early stopping) and decides whether the file is rewritten.
+        val = [i for i in range(len(batches)) if i % 5 == 4] if len(batches) >= 2 else []
+        val = val or ([len(batches) - 1] if len(batches) >= 2 else [])
+        train = [i for i in range(len(batches)) if i not in val]
+        judged = val or train
+
         def mean_loss() -> float:
             with torch.no_grad():
                 w = weights(stored=True)
-                return float(sum(float(lossf(run(b, w), t)) for b, t in zip(batches, teacher)) / len(batches))
+                return float(sum(float(lossf(run(batches[i], w), teacher[i])) for i in judged) / len(judged))
+
+        def snapshot() -> list[torch.Tensor]:
+            return [t.detach().clone() for t in [*cbs, *log_s.values()]]
 
         before = mean_loss()
+        best, best_state, best_step = before, snapshot(), 0
         groups: list[dict[str, Any]] = [
             {"params": [c], "lr": lr * max(float(c.detach().pow(2).mean().sqrt()), 1e-8)} for c in cbs
         ]
         if scales and log_s:
             groups.append({"params": list(log_s.values()), "lr": lr})
         opt = torch.optim.Adam(groups)
+        check_every = max(1, min(len(train), steps // 10 or 1))
         bar = None
         if progress or (progress is None and os.isatty(2)):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=steps, desc="finetune", leave=False)
-        for step in range(steps):
-            i = step % len(batches)
+        for step in range(1, steps + 1):
+            i = train[(step - 1) % len(train)]
             opt.zero_grad()
             value = lossf(run(batches[i], weights()), teacher[i])
             value.backward()  # type: ignore[no-untyped-call]
             opt.step()
+            if step % check_every == 0 or step == steps:
+                current = mean_loss()
+                if current < best:
+                    best, best_state, best_step = current, snapshot(), step
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(value):.4g}")
+                bar.set_postfix(loss=f"{float(value):.4g}", held_out=f"{best:.4g}")
         if bar is not None:
             bar.close()
-        after = mean_loss()
+        with torch.no_grad():
+            for t, v in zip([*cbs, *log_s.values()], best_state):
+                t.copy_(v)
+        after = best
     finally:
         model.train(was_training)
         for p, flag in grads:
             p.requires_grad_(flag)
 
-    written = after < before and steps > 0
+    written = best_step > 0
     tuned = 0
     if written:
         replace: dict[str, np.ndarray[Any, Any]] = {}
@@ -327,7 +353,15 @@ def finetune(
                 replace[n] = _le_bytes(v.detach().to(scale0[n].dtype).numpy())
         tuned = len(replace)
         note = json.dumps(
-            {"steps": steps, "batches": len(batches), "loss_before": before, "loss_after": after, "scales": scales}
+            {
+                "steps": steps,
+                "best_step": best_step,
+                "batches": len(batches),
+                "held_out_batches": len(val),
+                "loss_before": before,
+                "loss_after": after,
+                "scales": scales,
+            }
         )
         reader = _legofmt.Reader(path)
         try:
@@ -337,6 +371,7 @@ def finetune(
     return FinetuneReport(
         path=dest,
         steps=steps,
+        best_step=best_step,
         loss_before=before,
         loss_after=after,
         written=written,
