@@ -4,6 +4,7 @@
     python benches/kmeans.py             # full run: k in {16, 32, 256, 4096}, N in {1.6M, 6.4M}
     python benches/kmeans.py --quick     # k=256 only, N in {1.6M, 6.4M}, no scaling tables
     python benches/kmeans.py --save-model  # also time legofmt.save on a 100M-parameter model
+    python benches/kmeans.py --profile     # only: where legofmt's time goes at k=256
 
 Data: 16-dimensional vectors, the 4x4 blocks legofmt clusters. ``--data effnet`` (default) tiles
 the real blocks of EfficientNet-Lite0 (every clustered tensor, depthwise excluded as the default
@@ -260,9 +261,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-scaling", action="store_true", help="skip the legofmt scaling tables")
     p.add_argument("--save-model", action="store_true", help="time legofmt.save of a 100M-parameter model")
+    p.add_argument("--profile", action="store_true", help="only: where legofmt's time goes at k=256")
     a = p.parse_args()
 
     ns = [int(v * 1e6) for v in (a.n or [1.6, 6.4])]
+    if a.profile:
+        profile_table(a.data, ns, a.seed)
+        return
     ks = a.k or ([256] if a.quick else [16, 32, 256, 4096])
     scaling = not (a.quick or a.no_scaling)
 
@@ -354,6 +359,36 @@ def main() -> None:
                 print(f"| {k} | {r['seconds']:.2f} | {nmse:.4f} |", flush=True)
     if a.save_model:
         save_model_table(a.seed)
+
+
+def profile_table(kind: str, ns: list[int], seed: int) -> None:
+    """legofmt at k=256 with the sample phase skipped or cut short, against faiss' default run
+    split into training and the search that assigns every point (in this process)."""
+    import faiss
+
+    from legofmt import _legofmt
+
+    print(
+        "| N | legofmt: init + final assignment only (`max_iter=0`) | legofmt `max_iter=1` | legofmt defaults "
+        "| faiss default: train + search all |"
+    )
+    print("|---:|---|---|---|---|")
+    for n in ns:
+        x = make_data(kind, n, seed)
+        tss = total_ss(x)
+        cells = []
+        for kw in ({"max_iter": 0}, {"max_iter": 1}, {}):
+            t0 = time.perf_counter()
+            c, _, _, _ = _legofmt.kmeans_fit(x, 256, seed=seed, **kw)
+            cells.append(f"{time.perf_counter() - t0:.2f} s, NMSE {inertia(x, c) / tss:.4f}")
+        km = faiss.Kmeans(DIM, 256, niter=20, seed=seed)
+        t0 = time.perf_counter()
+        km.train(x)
+        t1 = time.perf_counter()
+        km.index.search(x, 1)
+        t2 = time.perf_counter()
+        cells.append(f"{t1 - t0:.2f} + {t2 - t1:.2f} = {t2 - t0:.2f} s, NMSE {inertia(x, km.centroids) / tss:.4f}")
+        print(f"| {fmt_n(n)} | " + " | ".join(cells) + " |", flush=True)
 
 
 def save_model_table(seed: int) -> None:
