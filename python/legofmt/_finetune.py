@@ -200,7 +200,11 @@ def finetune(
     """
     require_torch()
     import torch
-    from safetensors import safe_open
+
+    try:
+        from safetensors import safe_open
+    except ImportError as e:  # pragma: no cover - exercised only without safetensors
+        raise ImportError("legofmt.finetune needs safetensors: pip install 'legofmt[torch]'") from e
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise InvalidArgumentError(f"steps must be an int >= 0, got {steps!r}")
