@@ -20,7 +20,11 @@ def test_max_error_picks_the_smallest_file_meeting_it(tmp_path, model):
     r = legofmt.save(model, path, max_error=0.02, progress=False)
     assert r.max_rel_mse <= 0.02
     assert os.path.getsize(path) == r.file_bytes
-    assert len(r.search) == len(legofmt._target.CANDIDATES)
+    # Every built-in candidate, then per-tensor refinements of those that missed the bound.
+    assert [c.options for c in r.search[: len(legofmt._target.CANDIDATES)]] == legofmt._target.CANDIDATES
+    refined = r.search[len(legofmt._target.CANDIDATES) :]
+    for c in refined:
+        assert isinstance(c.options["stages"], dict) and min(c.options["stages"].values()) >= 1
     chosen = [c for c in r.search if c.chosen]
     assert len(chosen) == 1 and chosen[0].file_bytes == r.file_bytes
     # No candidate meeting the bound is smaller than the chosen one.
@@ -60,3 +64,45 @@ def test_custom_candidates_and_unreachable_bound(tmp_path, model):
     r = legofmt.save(model, tmp_path / "m.lgn", max_error=1e-9, candidates=cands, progress=False)
     # Nothing meets 1e-9: the most accurate candidate is kept, and the report says so.
     assert r.max_rel_mse == min(c.max_rel_mse for c in r.search) > 1e-9
+
+
+def test_stages_per_tensor(tmp_path, model):
+    """stages= as a dict: exact names first, then patterns; one codebook group per count."""
+    import json
+
+    from safetensors import safe_open
+
+    big = max(model.state_dict().items(), key=lambda kv: kv[1].numel())[0]
+    uniform = legofmt.save(model, tmp_path / "u.lgn", block=(4, 4), stages=1, progress=False)
+    mixed = legofmt.save(model, tmp_path / "m.lgn", block=(4, 4), stages={big: 3, "*": 1}, progress=False)
+    with safe_open(str(tmp_path / "m.lgn"), framework="np") as f:
+        manifest = json.loads(f.metadata()["lgn.manifest"])
+    stages = {t["name"]: len(t["stages"]) for t in manifest["tensors"] if t["encoding"] == "clustered"}
+    assert stages[big] == 3 and set(stages.values()) == {1, 3}
+    assert len(manifest["codebooks"]) == 1 + 3  # the 1-stage group and the 3-stage group
+    err = {t.name: t.rel_mse for t in mixed.tensors if t.clustered}
+    err1 = {t.name: t.rel_mse for t in uniform.tensors if t.clustered}
+    assert err[big] < err1[big] / 2
+    assert mixed.ratio < uniform.ratio
+    # Without '*' the rest get the default number of stages.
+    legofmt.save(model, tmp_path / "d.lgn", block=(4, 4), stages={big: 1}, progress=False)
+    with safe_open(str(tmp_path / "d.lgn"), framework="np") as f:
+        manifest = json.loads(f.metadata()["lgn.manifest"])
+    counts = {len(t["stages"]) for t in manifest["tensors"] if t["encoding"] == "clustered"}
+    assert counts <= {1, legofmt._api.DEFAULT_STAGES}
+    with pytest.raises(legofmt.InvalidArgumentError, match="keys must be tensor names"):
+        legofmt.save(model, tmp_path / "x.lgn", stages={1: 2})
+
+
+def test_max_error_refines_per_tensor(tmp_path, model):
+    """A candidate that misses max_error is retried with more stages on the tensors that miss
+    it: the refined file meets the bound where the uniform one did not, and is smaller than
+    the next uniform candidate that meets it."""
+    cands = [{"block": (1, 4), "stages": 1}, {"block": (1, 4), "stages": 3}]
+    r = legofmt.save(model, tmp_path / "m.lgn", max_error=0.02, candidates=cands, progress=False)
+    base, full = r.search[0], r.search[1]
+    assert base.max_rel_mse > 0.02 and full.max_rel_mse <= 0.02
+    refined = [c for c in r.search[2:] if c.max_rel_mse <= 0.02]
+    assert refined, [(c.options, c.max_rel_mse) for c in r.search]
+    assert r.max_rel_mse <= 0.02 and r.ratio > full.ratio
+    assert next(c for c in r.search if c.chosen) in refined

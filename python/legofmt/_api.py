@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,7 +34,11 @@ DEFAULT_MIN_SIZE = 4096
 
 #: Options accepted by :func:`save` besides ``k``, ``block`` and ``seed``.
 SAVE_OPTIONS: dict[str, str] = {
-    "stages": f"residual stages (1..16): each clusters what the previous ones left; default {DEFAULT_STAGES}",
+    "stages": (
+        f"residual stages (1..16): each clusters what the previous ones left; default {DEFAULT_STAGES}; "
+        "or a dict {tensor name or glob pattern: stages} (exact names first, then patterns in order; "
+        "'*' sets the rest, else the default)"
+    ),
     "scale": "'row' (default), 'tensor' or 'none': scaling before clustering",
     "raw": "glob patterns of tensor names stored unchanged, e.g. ['*.bias', 'fc.*']",
     "min_size": "tensors with fewer elements stay raw (default 4096)",
@@ -70,6 +75,21 @@ def _tensor_items(obj: Any) -> list[tuple[str, str, tuple[int, ...], np.ndarray[
                 f"value of {name!r} is a {type(value).__name__}, not a torch.Tensor or numpy.ndarray"
             )
     return items
+
+
+def _stages_for(name: str, stages: Any) -> Any:
+    """The stage count of tensor ``name``: ``stages`` itself, or its entry for the name (exact
+    first, then the first matching glob pattern, then the default)."""
+    if not isinstance(stages, Mapping):
+        return stages
+    if not all(isinstance(p, str) for p in stages):
+        raise InvalidArgumentError(f"stages: keys must be tensor names or glob patterns (str), got {list(stages)!r}")
+    if name in stages:
+        return stages[name]
+    for pattern, value in stages.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return value
+    return DEFAULT_STAGES
 
 
 def _progress_bar(enabled: bool | None) -> Callable[[str, int, int], None] | None:
@@ -170,14 +190,17 @@ def save(
     codebook = options.get("codebook", "global")
     if codebook not in ("global", "tensor"):
         raise InvalidArgumentError(f"codebook must be 'global' or 'tensor', got {codebook!r}")
-    spec = {"k": k, "block": (bh, bw), "stages": stages, "scale": scale}
+    stages_of = [_stages_for(n, stages) for n, _, _, _ in items]
+    spec = {"k": k, "block": (bh, bw), "scale": scale}
     if codebook == "global":
-        group_of = [0 if dec.cluster else None for dec in decisions]
-        groups = [spec]
+        # One shared codebook per stage for all tensors with the same number of stages.
+        counts = sorted({s for s, dec in zip(stages_of, decisions) if dec.cluster}) or [stages_of[0]]
+        group_of = [counts.index(s) if dec.cluster else None for s, dec in zip(stages_of, decisions)]
+        groups = [{**spec, "stages": s} for s in counts]
     else:  # one codebook (per stage) for each clustered tensor
         order = [i for i, dec in enumerate(decisions) if dec.cluster]
         group_of = [order.index(i) if dec.cluster else None for i, dec in enumerate(decisions)]
-        groups = [dict(spec) for _ in order] or [spec]
+        groups = [{**spec, "stages": stages_of[i]} for i in order] or [{**spec, "stages": stages_of[0]}]
     tensors = [(n, d, list(s), data, g) for (n, d, s, data), g in zip(items, group_of)]
     bar = _progress_bar(options.get("progress"))
     try:

@@ -54,11 +54,23 @@ class Candidate:
     """Not dominated by another candidate in (ratio, max_rel_mse)."""
 
 
+def _option_text(key: str, value: Any) -> str:
+    """``key=value``; a per-tensor dict is summarised (``stages=2..3 per tensor (3: 4 tensors)``)."""
+    if isinstance(value, dict) and value:
+        counts: dict[Any, int] = {}
+        for v in value.values():
+            counts[v] = counts.get(v, 0) + 1
+        top = max(counts)
+        lo = min(counts)
+        return f"{key}={lo}..{top} per tensor ({top}: {counts[top]} tensors)" if lo != top else f"{key}={lo}"
+    return f"{key}={value}"
+
+
 def search_table(candidates: list[Candidate]) -> str:
     """The candidates as a text table, best ratio first."""
     rows = [
         [
-            ", ".join(f"{k}={v}" for k, v in c.options.items()),
+            ", ".join(_option_text(k, v) for k, v in c.options.items()),
             f"{c.ratio:.2f}x",
             f"{c.max_rel_mse:.2e}",
             f"{c.mean_rel_mse:.2e}",

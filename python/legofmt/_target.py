@@ -5,6 +5,8 @@ configuration (block shape x residual stages, the other options as given), reads
 file's all-in ratio and the relative MSE of every clustered tensor, and keeps
 
 * with ``max_error=e``: the smallest file whose worst clustered tensor has relative MSE <= e;
+  candidates that miss ``e`` are also tried with one more stage on just the tensors that miss
+  it (per-tensor stages, see :func:`_refine`);
 * with ``target_ratio=r``: among files at least ``r`` times smaller than fp32, the one whose
   worst clustered tensor has the lowest relative MSE;
 * with both: the smallest file meeting both, else the closest to ``max_error`` at ratio ``r``.
@@ -42,6 +44,47 @@ CANDIDATES: list[dict[str, Any]] = [
     {"block": (2, 2), "stages": 4},
     {"block": (1, 4), "stages": 4},
 ]
+
+
+#: Rounds of per-tensor stage raising tried from one candidate (see :func:`_refine`).
+REFINE_ROUNDS = 3
+
+
+def _refine(
+    save: Callable[..., SaveReport],
+    obj: Any,
+    options: dict[str, Any],
+    tried: list[tuple[dict[str, Any], SaveReport, str]],
+    tmp: str,
+    err: float,
+    ok: Callable[[SaveReport], bool],
+) -> None:
+    """Per-tensor stages for ``max_error``: a candidate whose worst tensors miss ``max_error``
+    gets one more residual stage on exactly those tensors (the others keep theirs), up to
+    :data:`REFINE_ROUNDS` times, as long as the file stays smaller than the best feasible one.
+    Each refined file is added to ``tried``; its ``stages`` option is the per-tensor dict."""
+    best = max((r.ratio for _, r, _ in tried if ok(r)), default=0.0)
+    for c, r, _ in list(tried):
+        base = c.get("stages")
+        if ok(r) or r.ratio <= best or not isinstance(base, int):
+            continue
+        per = {t.name: base for t in r.tensors if t.clustered}
+        rep = r
+        for _ in range(REFINE_ROUNDS):
+            over = [t.name for t in rep.tensors if t.clustered and t.rel_mse > err and per[t.name] < 16]
+            if not over:
+                break
+            for name in over:
+                per[name] += 1
+            opts = {**c, "stages": dict(per)}
+            cpath = os.path.join(tmp, f"{len(tried)}.lgn")
+            rep = save(obj, cpath, **{**options, **opts})
+            tried.append((opts, rep, cpath))
+            if rep.ratio <= best:
+                break
+            if ok(rep):
+                best = rep.ratio
+                break
 
 
 def _positive(name: str, v: Any) -> float | None:
@@ -87,6 +130,9 @@ def search(
 
         def ok(r: SaveReport) -> bool:
             return (ratio is None or r.ratio >= ratio) and (err is None or r.max_rel_mse <= err)
+
+        if err is not None:
+            _refine(save, obj, options, tried, tmp, err, ok)
 
         feasible = [t for t in tried if ok(t[1])]
         if feasible:
