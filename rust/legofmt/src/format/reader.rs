@@ -1113,18 +1113,21 @@ impl LgnFile {
         }
         let mut pieces = Vec::with_capacity(stored.len());
         for (i, st) in stored.iter().enumerate() {
+            // Borrowed where possible: a memory-mapped file is copied straight to the new one.
             let data = match replace.get(&st.name) {
-                Some(b) => b.clone(),
+                Some(b) => Cow::Borrowed(b.as_slice()),
                 None => {
+                    // The whole stored tensor, checksum verified: the window starts at 0.
                     let (b, skip) = self.piece_window(i, 0..st.end - st.begin, true)?;
-                    b[skip..].to_vec()
+                    debug_assert_eq!(skip, 0);
+                    b
                 }
             };
             pieces.push(super::writer::Piece {
                 name: st.name.clone(),
                 dtype: st.dtype,
                 shape: st.shape.clone(),
-                data: Cow::Owned(data),
+                data,
                 pad_to_8: false,
             });
         }

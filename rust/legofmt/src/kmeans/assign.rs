@@ -580,16 +580,6 @@ unsafe fn run_avx2<const D: usize>(
     run_generic::<D>(Isa::Avx2, points, start, packed, out, sums)
 }
 
-fn run_portable<const D: usize>(
-    points: Points<'_>,
-    start: usize,
-    packed: &Packed,
-    out: &mut [Slot],
-    sums: Option<&mut Sums>,
-) {
-    run_generic::<D>(Isa::Portable, points, start, packed, out, sums)
-}
-
 fn run_isa<const D: usize>(
     isa: Isa,
     points: Points<'_>,
@@ -599,7 +589,7 @@ fn run_isa<const D: usize>(
     sums: Option<&mut Sums>,
 ) {
     match isa {
-        Isa::Portable => run_portable::<D>(points, start, packed, out, sums),
+        Isa::Portable => run_generic::<D>(Isa::Portable, points, start, packed, out, sums),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only produced by `Isa::avx2`, after detecting AVX2 and FMA.
         Isa::Avx2 => unsafe { run_avx2::<D>(points, start, packed, out, sums) },

@@ -186,12 +186,12 @@ pub(crate) fn run(
         if s < k {
             continue;
         }
-        let points = if samples.full && l + 1 == n_levels {
+        let last_level = l + 1 == n_levels;
+        let points = if samples.full && last_level {
             Points::Dense(data)
         } else {
             Points::Indexed(data, &samples.idx[..s])
         };
-        let last_level = l + 1 == n_levels;
         // Cheap levels (small k) get more iterations: up to FIRST_ITERS within CHEAP_WORK.
         let cheap = CHEAP_WORK.div_ceil(s.saturating_mul(k * dim).max(1));
         let max_its = iterations(l).max(cheap.min(FIRST_ITERS));
