@@ -28,6 +28,8 @@ Framework = Literal["pt", "np"]
 DEFAULT_K = 256
 DEFAULT_BLOCK = (2, 2)
 DEFAULT_STAGES = 3
+#: Most residual stages a tensor may have (the format's limit).
+MAX_STAGES = 16
 
 #: Tensors with fewer elements than this stay raw unless ``min_size`` says otherwise.
 DEFAULT_MIN_SIZE = 4096
@@ -82,8 +84,6 @@ def _stages_for(name: str, stages: Any) -> Any:
     first, then the first matching glob pattern, then the default)."""
     if not isinstance(stages, Mapping):
         return stages
-    if not all(isinstance(p, str) for p in stages):
-        raise InvalidArgumentError(f"stages: keys must be tensor names or glob patterns (str), got {list(stages)!r}")
     if name in stages:
         return stages[name]
     for pattern, value in stages.items():
@@ -172,6 +172,8 @@ def save(
         raise InvalidArgumentError(f"block must be (height, width) with sides in 1..8, got {block!r}")
     bh, bw = int(block[0]), int(block[1])
     stages = options.get("stages", DEFAULT_STAGES)
+    if isinstance(stages, Mapping) and not all(isinstance(p, str) for p in stages):
+        raise InvalidArgumentError(f"stages: keys must be tensor names or glob patterns (str), got {list(stages)!r}")
     scale = options.get("scale", "row")
     raw: Sequence[str] = options.get("raw", ())
     if isinstance(raw, str):
@@ -325,7 +327,7 @@ class LgnReader:
 
         if (
             tuple(out.shape) != shape
-            or out.dtype != torch_dtypes()[dtype]
+            or out.dtype != self._torch_dtypes[dtype]
             or out.device.type != "cpu"
             or not out.is_contiguous()
         ):
@@ -407,6 +409,7 @@ def load_into(model: torch.nn.Module, path: PathLike, strict: bool = True) -> Lo
     import torch
 
     state = model.state_dict(keep_vars=True)
+    dtypes = torch_dtypes()
     with open(path, "pt") as f:
         names = f.keys()
         in_file = set(names)
@@ -437,7 +440,7 @@ def load_into(model: torch.nn.Module, path: PathLike, strict: bool = True) -> Lo
                         new = torch.nn.Parameter(t, current.requires_grad) if current is not target else t
                         materialized[id(current)] = new
                     _assign(model, name, new)
-                elif target.dtype == torch_dtypes()[dtype] and target.device.type == "cpu" and target.is_contiguous():
+                elif target.dtype == dtypes[dtype] and target.device.type == "cpu" and target.is_contiguous():
                     f.decode_into(name, target)
                 else:
                     target.copy_(f.get_tensor(name))

@@ -295,8 +295,8 @@ def finetune(
 
         # Every fifth batch (when there are at least two) is held out: the loss on those picks
         # the best state seen (early stopping) and decides whether the file is rewritten.
-        val = [i for i in range(len(batches)) if i % 5 == 4] if len(batches) >= 2 else []
-        val = val or ([len(batches) - 1] if len(batches) >= 2 else [])
+        nb = len(batches)
+        val = ([i for i in range(nb) if i % 5 == 4] or [nb - 1]) if nb >= 2 else []
         train = [i for i in range(len(batches)) if i not in val]
         judged = val or train
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,11 +58,8 @@ class Candidate:
 def _option_text(key: str, value: Any) -> str:
     """``key=value``; a per-tensor dict is summarised (``stages=2..3 per tensor (3: 4 tensors)``)."""
     if isinstance(value, dict) and value:
-        counts: dict[Any, int] = {}
-        for v in value.values():
-            counts[v] = counts.get(v, 0) + 1
-        top = max(counts)
-        lo = min(counts)
+        counts = Counter(value.values())
+        lo, top = min(counts), max(counts)
         return f"{key}={lo}..{top} per tensor ({top}: {counts[top]} tensors)" if lo != top else f"{key}={lo}"
     return f"{key}={value}"
 

@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from ._api import MAX_STAGES
 from ._report import Candidate, SaveReport
 from .errors import InvalidArgumentError
 
@@ -71,7 +72,7 @@ def _refine(
         per = {t.name: base for t in r.tensors if t.clustered}
         rep = r
         for _ in range(REFINE_ROUNDS):
-            over = [t.name for t in rep.tensors if t.clustered and t.rel_mse > err and per[t.name] < 16]
+            over = [t.name for t in rep.tensors if t.clustered and t.rel_mse > err and per[t.name] < MAX_STAGES]
             if not over:
                 break
             for name in over:
