@@ -505,6 +505,15 @@ pub fn compress<'a>(
                 packed: p,
             })
             .collect();
+        let scales = match scales {
+            Some(s) => {
+                let x = to_f32(t);
+                let mut q = vec![0f32; x.len()];
+                decode_rows(&t.name, &grid, &parts, &[], 0, grid.rows, &mut q)?;
+                Some(s.refit(&x, &q, grid.rows))
+            }
+            None => None,
+        };
         let (rel_mse, max_abs_err) = measure(
             t,
             &grid,

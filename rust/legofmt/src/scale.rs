@@ -1,5 +1,7 @@
 //! Scaling before clustering: each row (or the whole tensor) is divided by its largest
 //! absolute value so that blocks of rows with very different magnitudes share one codebook.
+//! After clustering, each scale is refit by least squares to the codewords chosen
+//! ([`Scales::refit`]): the stored scale is then the best one for the stored indices.
 //!
 //! Scales are stored as F16 when every scale is zero or a normal F16 number (exactly
 //! representable after rounding), otherwise as F32. The clustering sees `x * (1 / s)` with `s`
@@ -68,21 +70,61 @@ pub fn compute(x: &[f32], rows: usize, cols: usize, mode: ScaleMode) -> Option<S
             .map(|r| absmax(&x[r * cols..(r + 1) * cols]))
             .collect(),
     };
-    if raw.iter().all(|&v| f16_exact_ok(v)) {
-        let values = raw.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
-        Some(Scales {
-            values,
-            dtype: Dtype::F16,
-        })
-    } else {
-        Some(Scales {
-            values: raw,
-            dtype: Dtype::F32,
-        })
-    }
+    Some(Scales::from_raw(raw))
 }
 
 impl Scales {
+    /// Scales to store for `raw`: F16 (rounded) when every value is zero or a normal F16
+    /// number, otherwise F32 as given.
+    pub fn from_raw(raw: Vec<f32>) -> Scales {
+        if raw.iter().all(|&v| f16_exact_ok(v)) {
+            let values = raw.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+            Scales {
+                values,
+                dtype: Dtype::F16,
+            }
+        } else {
+            Scales {
+                values: raw,
+                dtype: Dtype::F32,
+            }
+        }
+    }
+
+    /// Least-squares refit after clustering: `x` is the tensor (`rows x cols`), `q` its
+    /// reconstruction *before* scaling (the sum of its codewords). Each scale becomes the `s`
+    /// minimising `|x_r - s q_r|^2` over its row (or the whole tensor), `<x_r, q_r> / <q_r, q_r>`,
+    /// which never increases the error of the stored scale. A scale is kept as it was where
+    /// that value is not a finite positive number (a zero row, a reconstruction orthogonal to
+    /// the data).
+    pub fn refit(&self, x: &[f32], q: &[f32], rows: usize) -> Scales {
+        let n = self.values.len();
+        let per = if n == 1 {
+            x.len()
+        } else {
+            x.len() / rows.max(1)
+        };
+        let raw = self
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, &old)| {
+                let (xs, qs) = (&x[i * per..(i + 1) * per], &q[i * per..(i + 1) * per]);
+                let (mut xq, mut qq) = (0f64, 0f64);
+                for (&a, &b) in xs.iter().zip(qs) {
+                    xq += f64::from(a) * f64::from(b);
+                    qq += f64::from(b) * f64::from(b);
+                }
+                let s = (xq / qq) as f32;
+                if qq > 0.0 && s.is_finite() && s > 0.0 {
+                    s
+                } else {
+                    old
+                }
+            })
+            .collect();
+        Scales::from_raw(raw)
+    }
     /// The multiplier applied to row `r` before clustering (`1/s`, or 0 for a zero scale).
     pub fn row_multipliers(&self, rows: usize) -> Vec<f32> {
         let inv = |s: f32| if s == 0.0 { 0.0 } else { 1.0 / s };
@@ -130,5 +172,44 @@ mod tests {
         assert_eq!(t.values, vec![4.0]);
         assert!(compute(&[1.0], 1, 1, ScaleMode::None).is_none());
         assert!(ScaleMode::parse("rows").is_err());
+    }
+
+    #[test]
+    fn refit_is_least_squares_and_keeps_degenerate_rows() {
+        let old = Scales::from_raw(vec![1.0, 1.0, 3.0, 5.0]);
+        // Row 0: x = 2q exactly; row 1: q is zero; row 2: q opposes x; row 3: noisy.
+        let x = [2.0, 4.0, 1.0, 1.0, 1.0, 2.0, 3.0, 1.0];
+        let q = [1.0, 2.0, 0.0, 0.0, -1.0, -1.0, 1.0, 0.0];
+        let s = old.refit(&x, &q, 4);
+        assert_eq!(s.dtype, Dtype::F16);
+        assert_eq!(s.values, vec![2.0, 1.0, 3.0, 3.0]);
+        let t = Scales::from_raw(vec![1.0]).refit(&x[..4], &q[..4], 2);
+        assert_eq!(t.values, vec![2.0]);
+    }
+
+    #[test]
+    fn refit_never_increases_the_error() {
+        let err = |x: &[f32], q: &[f32], s: &[f32]| -> f64 {
+            x.iter()
+                .zip(q)
+                .enumerate()
+                .map(|(i, (&a, &b))| (f64::from(a) - f64::from(s[i / 8] * b)).powi(2))
+                .sum()
+        };
+        let mut state = 7u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let x: Vec<f32> = (0..64).map(|_| next()).collect();
+        let q: Vec<f32> = x.iter().map(|&v| 0.7 * v + 0.1 * next()).collect();
+        let old = compute(&x, 8, 8, ScaleMode::Row).unwrap();
+        let qn: Vec<f32> = q
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v / old.values[i / 8])
+            .collect();
+        let new = old.refit(&x, &qn, 8);
+        assert!(err(&x, &qn, &new.values) < err(&x, &qn, &old.values));
     }
 }
