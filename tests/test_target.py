@@ -43,10 +43,35 @@ def test_target_ratio_picks_the_most_accurate_file_at_that_ratio(tmp_path, model
     r = legofmt.save(model, tmp_path / "m.lgn", target_ratio=8, progress=False)
     assert r.ratio >= 8
     feasible = [c for c in r.search if c.ratio >= 8]
-    assert r.max_rel_mse == min(c.max_rel_mse for c in feasible)
+    chosen = next(c for c in r.search if c.chosen)
+    assert chosen.mean_rel_mse == min(c.mean_rel_mse for c in feasible)
+    assert r.max_rel_mse == chosen.max_rel_mse and r.file_bytes == chosen.file_bytes
     pareto = [c for c in r.search if c.pareto]
-    for c in r.search:  # every candidate is dominated by (or is) a Pareto one
-        assert any(p.ratio >= c.ratio and p.max_rel_mse <= c.max_rel_mse for p in pareto)
+    for c in r.search:  # every candidate is dominated by (or is) a Pareto one (ratio, mean error)
+        assert any(p.ratio >= c.ratio and p.mean_rel_mse <= c.mean_rel_mse for p in pareto)
+
+
+def test_target_ratio_allocates_stages_per_tensor(tmp_path, model):
+    """Per-tensor stage plans built from the uniform candidates' error tables: within the
+    ratio, they leave less error (mean over tensors) than any uniform file that fits."""
+    r = legofmt.save(model, tmp_path / "m.lgn", target_ratio=10, progress=False)
+    plans = [c for c in r.search if isinstance(c.options["stages"], dict)]
+    uniform = [c for c in r.search if isinstance(c.options["stages"], int)]
+    assert len(uniform) == len(legofmt._target.CANDIDATES) and plans
+    for c in plans:
+        assert set(c.options["stages"]) == {t.name for t in r.tensors if t.clustered}
+        assert len(set(c.options["stages"].values())) > 1
+    fitting = [c for c in plans if c.ratio >= 10]
+    assert fitting
+    best_uniform = min(c.mean_rel_mse for c in uniform if c.ratio >= 10)
+    assert min(c.mean_rel_mse for c in fitting) < best_uniform
+    assert r.ratio >= 10 and next(c for c in r.search if c.chosen) in fitting
+    # The chosen plan is what was written: its tensors have the stage counts it names.
+    info = legofmt.info(tmp_path / "m.lgn")
+    chosen = next(c for c in r.search if c.chosen)
+    for t in info.tensors:
+        if t.encoding == "clustered":
+            assert len(t.codebooks) == chosen.options["stages"][t.name]
 
 
 def test_target_mode_errors(tmp_path, model):
