@@ -52,7 +52,8 @@ class Candidate:
     seconds: float
     chosen: bool = False
     pareto: bool = False
-    """Not dominated by another candidate in (ratio, max_rel_mse)."""
+    """Not dominated by another candidate in (ratio, error): the error is ``max_rel_mse`` when the
+    search had ``max_error``, else ``mean_rel_mse`` (what each mode ranks by)."""
 
 
 def _option_text(key: str, value: Any) -> str:

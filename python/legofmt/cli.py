@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale", choices=["row", "tensor", "none"], default="row", help="scaling before clustering")
     c.add_argument("--raw", action="append", metavar="PATTERN", help="glob of tensor names to keep raw (repeatable)")
     c.add_argument("--min-size", type=int, help="tensors with fewer elements stay raw (default 4096)")
-    c.add_argument("--target-ratio", type=float, help="search block shape and stages for this ratio vs fp32")
+    c.add_argument("--target-ratio", type=float, help="search block shape and per-tensor stages for this ratio vs fp32")
     c.add_argument("--max-error", type=float, help="search for the smallest file with every tensor's rel. MSE <= this")
     c.add_argument("--cluster-depthwise", action="store_true", help="cluster depthwise convolutions too")
     c.add_argument("--seed", type=int, default=0)
