@@ -49,7 +49,7 @@ SAVE_OPTIONS: dict[str, str] = {
     "batch_size": "k-means mini-batch size",
     "max_iter": "k-means iteration budget",
     "metadata": "dict of str -> str stored in the file's __metadata__",
-    "target_ratio": "search block shapes and (per-tensor) stages: the file with the lowest mean tensor error at least this many times smaller than fp32",
+    "target_ratio": "search block and per-tensor stages: least mean tensor error at >= this ratio vs fp32",
     "max_error": "search for the smallest file whose worst clustered tensor has relative MSE <= this",
     "candidates": "with target_ratio/max_error: list of option dicts to try instead of the built-in list",
     "progress": "show a progress bar (default: when stderr is a terminal)",
