@@ -343,6 +343,10 @@ def main() -> None:
         if c.get("min_size") == 0:
             parts.append("all clustered")
         configs.append({"label": "data-aware: " + ", ".join(parts) + ", row scales + finetune", "finetune": True, **c})
+    if a.model == "mnist":  # rows divided by their RMS (scale="row-rms"): see the README, "Defaults"
+        rms = {"k": 256, "block": (4, 4), "stages": 1, "scale": "row-rms"}
+        configs.insert(-len(aware) - 1, {"label": "4x4, k=256, 1 stage, row-RMS scales", **rms})
+        configs.append({"label": "data-aware: 4x4, k=256, 1 stage, row-RMS scales + finetune", "finetune": True, **rms})
     if a.model == "minilm":  # issue 5's 8x with data: the target-mode file, then finetune
         configs.append({"label": "data-aware: target mode + finetune", "target_ratio": 8, "finetune": True})
     base = task.metrics(task.make())
@@ -390,7 +394,7 @@ def main() -> None:
                 label = f"{label}, target_ratio={c['target_ratio']}: " + ", ".join(
                     _option_text(k, v) for k, v in chosen.items()
                 )
-            row(label, report.file_bytes, m, secs)
+            row(label, os.path.getsize(path), m, secs)  # finetune's metadata note included
     if a.plot:
         import matplotlib
 

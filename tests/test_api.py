@@ -158,7 +158,7 @@ def test_load_into_strict_and_shape_mismatch(tmp_path):
         ({"block": (9, 1)}, "block must be"),
         ({"stages": 0}, "stages"),
         ({"stages": 17}, "stages"),
-        ({"scale": "channel"}, "scale"),
+        ({"scale": "channel"}, "scale.*row-rms"),
         ({"colour": "red"}, "unknown option.*colour"),
     ],
 )
@@ -167,6 +167,32 @@ def test_bad_arguments_raise_invalid_argument(tmp_path, kwargs, match):
         legofmt.save({"w": torch.randn(8, 8)}, tmp_path / "m.lgn", **kwargs)
     assert isinstance(e.value, ValueError) and isinstance(e.value, legofmt.LgnError)
     assert not os.listdir(tmp_path)  # nothing written, not even a temporary file
+
+
+def test_row_rms_scales_are_stored_as_row_scales(tmp_path):
+    """scale="row-rms" changes what rows are divided by before clustering, not the format:
+    the file has ordinary row scales (refit by least squares) that any reader applies."""
+    import json
+
+    from safetensors import safe_open
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 64, generator=g) * torch.logspace(-2, 1, 64).unsqueeze(1)
+    w[3, 5] = 40.0  # an outlier: absmax and RMS scaling now differ a lot on row 3
+    reports = {}
+    for scale in ("row", "row-rms"):
+        path = tmp_path / f"{scale}.lgn"
+        reports[scale] = legofmt.save({"w": w}, path, block=(2, 2), k=16, scale=scale, progress=False)
+        with safe_open(str(path), framework="pt") as f:
+            manifest = json.loads(f.metadata()["lgn.manifest"])
+            scales = f.get_tensor("w.lgn.scale").float()
+        assert manifest["tensors"][0]["scale"]["mode"] == "row"
+        assert scales.shape == (64,) and bool((scales > 0).all())
+        decoded = legofmt.load(path)["w"]
+        err = float(((decoded - w) ** 2).sum() / (w**2).sum())
+        assert err == pytest.approx(reports[scale].tensors[0].rel_mse, rel=1e-4)
+    # Different statistics, different clusterings: not the same file.
+    assert reports["row"].tensors[0].rel_mse != reports["row-rms"].tensors[0].rel_mse
 
 
 def test_bad_inputs(tmp_path):

@@ -41,7 +41,7 @@ SAVE_OPTIONS: dict[str, str] = {
         "or a dict {tensor name or glob pattern: stages} (exact names first, then patterns in order; "
         "'*' sets the rest, else the default)"
     ),
-    "scale": "'row' (default), 'tensor' or 'none': scaling before clustering",
+    "scale": "'row' (default: each row's largest |value|), 'row-rms' (each row's RMS), 'tensor' or 'none'",
     "raw": "glob patterns of tensor names stored unchanged, e.g. ['*.bias', 'fc.*']",
     "min_size": "tensors with fewer elements stay raw (default 4096)",
     "cluster_depthwise": "cluster depthwise convolutions too (default False: they stay raw)",

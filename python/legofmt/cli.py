@@ -160,7 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"block shape HxW, sides 1..8 (default {DEFAULT_BLOCK[0]}x{DEFAULT_BLOCK[1]})",
     )
     c.add_argument("--stages", type=int, help=f"residual stages, 1..16 (default {DEFAULT_STAGES})")
-    c.add_argument("--scale", choices=["row", "tensor", "none"], default="row", help="scaling before clustering")
+    c.add_argument(
+        "--scale",
+        choices=["row", "row-rms", "tensor", "none"],
+        default="row",
+        help="scaling before clustering (row-rms: rows divided by their RMS instead of their largest value)",
+    )
     c.add_argument("--raw", action="append", metavar="PATTERN", help="glob of tensor names to keep raw (repeatable)")
     c.add_argument("--min-size", type=int, help="tensors with fewer elements stay raw (default 4096)")
     c.add_argument("--target-ratio", type=float, help="search block shape and per-tensor stages for this ratio vs fp32")

@@ -15,7 +15,6 @@ use legofmt::compress::{self, CompressOptions, Event, GroupSpec, Report, TensorI
 use legofmt::dtype::Dtype;
 use legofmt::format::reader::{Layout, LgnFile};
 use legofmt::format::writer::{self, Piece};
-use legofmt::scale::ScaleMode;
 use legofmt::LgnError;
 use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::prelude::*;
@@ -115,11 +114,13 @@ fn parse_group(g: &Bound<'_, PyDict>) -> PyResult<GroupSpec> {
     let (bh, bw): (usize, usize) = get("block")?.extract()?;
     let stages: usize = get("stages")?.extract()?;
     let scale: String = get("scale")?.extract()?;
+    let (scale, scale_stat) = legofmt::scale::parse_option(&scale).map_err(to_py)?;
     Ok(GroupSpec {
         k,
         block: BlockShape::new(bh, bw).map_err(to_py)?,
         stages,
-        scale: ScaleMode::parse(&scale).map_err(to_py)?,
+        scale,
+        scale_stat,
     })
 }
 

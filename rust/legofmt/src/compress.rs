@@ -21,7 +21,7 @@ use crate::format::manifest::{
 };
 use crate::format::writer::{self, Piece};
 use crate::kmeans::{self, KMeansParams, Progress as KProgress};
-use crate::scale::{self, ScaleMode, Scales};
+use crate::scale::{self, ScaleMode, ScaleStat, Scales};
 
 /// Largest accepted k.
 pub const MAX_K: usize = 65536;
@@ -37,6 +37,8 @@ pub struct GroupSpec {
     pub stages: usize,
     /// Scaling before clustering.
     pub scale: ScaleMode,
+    /// What rows (or the tensor) are divided by before clustering.
+    pub scale_stat: ScaleStat,
 }
 
 impl GroupSpec {
@@ -399,7 +401,8 @@ pub fn compress<'a>(
                     ),
                 ));
             }
-            m.scales = scale::compute(&x, m.grid.rows, m.grid.cols, spec.scale);
+            m.scales =
+                scale::compute_with(&x, m.grid.rows, m.grid.cols, spec.scale, spec.scale_stat);
             let mul = m.scales.as_ref().map(|s| s.row_multipliers(m.grid.rows));
             let out = &mut data[m.first_block * dim..(m.first_block + m.grid.n_blocks()) * dim];
             extract(&x, &m.grid, mul.as_deref(), out);

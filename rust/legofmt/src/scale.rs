@@ -47,6 +47,32 @@ impl ScaleMode {
     }
 }
 
+/// What the encoder divides each row (or the tensor) by before clustering. Files do not
+/// record it: the stored scales are refit by least squares after clustering either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ScaleStat {
+    /// The largest absolute value (every scaled value in `[-1, 1]`).
+    #[default]
+    AbsMax,
+    /// The root mean square (every scaled row of unit energy; outliers stay large).
+    Rms,
+}
+
+/// Parses the encoder's scale option: `"none" | "tensor" | "row" | "row-rms"` (`row-rms`:
+/// row scales computed as RMS instead of largest absolute value, stored as mode `row`).
+pub fn parse_option(s: &str) -> Result<(ScaleMode, ScaleStat)> {
+    if s == "row-rms" {
+        return Ok((ScaleMode::Row, ScaleStat::Rms));
+    }
+    match ScaleMode::parse(s) {
+        Ok(mode) => Ok((mode, ScaleStat::AbsMax)),
+        Err(_) => Err(LgnError::invalid(
+            "scale",
+            format!("expected \"none\", \"tensor\", \"row\" or \"row-rms\", got {s:?}"),
+        )),
+    }
+}
+
 /// Scales of one tensor: the values used (already rounded to the storage type) and that type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scales {
@@ -60,14 +86,32 @@ fn f16_exact_ok(v: f32) -> bool {
     v == 0.0 || (v >= f16::MIN_POSITIVE.to_f32() && v <= f16::MAX.to_f32())
 }
 
-/// Computes scales of a `rows x cols` row-major matrix, or `None` for [`ScaleMode::None`].
+/// Computes scales (largest absolute values) of a `rows x cols` row-major matrix, or `None`
+/// for [`ScaleMode::None`].
 pub fn compute(x: &[f32], rows: usize, cols: usize, mode: ScaleMode) -> Option<Scales> {
-    let absmax = |s: &[f32]| s.iter().fold(0f32, |m, v| m.max(v.abs()));
+    compute_with(x, rows, cols, mode, ScaleStat::AbsMax)
+}
+
+/// Like [`compute`], with the statistic to divide by.
+pub fn compute_with(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    mode: ScaleMode,
+    stat: ScaleStat,
+) -> Option<Scales> {
+    let of = |s: &[f32]| match stat {
+        ScaleStat::AbsMax => s.iter().fold(0f32, |m, v| m.max(v.abs())),
+        ScaleStat::Rms => {
+            let sum: f64 = s.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            (sum / s.len().max(1) as f64).sqrt() as f32
+        }
+    };
     let raw: Vec<f32> = match mode {
         ScaleMode::None => return None,
-        ScaleMode::Tensor => vec![absmax(x)],
+        ScaleMode::Tensor => vec![of(x)],
         ScaleMode::Row => (0..rows)
-            .map(|r| absmax(&x[r * cols..(r + 1) * cols]))
+            .map(|r| of(&x[r * cols..(r + 1) * cols]))
             .collect(),
     };
     Some(Scales::from_raw(raw))
@@ -172,6 +216,25 @@ mod tests {
         assert_eq!(t.values, vec![4.0]);
         assert!(compute(&[1.0], 1, 1, ScaleMode::None).is_none());
         assert!(ScaleMode::parse("rows").is_err());
+    }
+
+    #[test]
+    fn rms_statistic_and_option_names() {
+        let x = [3.0, -4.0, 0.0, 0.0];
+        let s = compute_with(&x, 2, 2, ScaleMode::Row, ScaleStat::Rms).unwrap();
+        assert_eq!(s.values, vec![f16::from_f32(12.5f32.sqrt()).to_f32(), 0.0]);
+        assert_eq!(
+            parse_option("row-rms").unwrap(),
+            (ScaleMode::Row, ScaleStat::Rms)
+        );
+        assert_eq!(
+            parse_option("tensor").unwrap(),
+            (ScaleMode::Tensor, ScaleStat::AbsMax)
+        );
+        let e = parse_option("col").unwrap_err().to_string();
+        assert!(e.contains("row-rms") && e.contains("\"col\""), "{e}");
+        // A manifest never names the statistic: "row-rms" is not a scale mode.
+        assert!(ScaleMode::parse("row-rms").is_err());
     }
 
     #[test]

@@ -130,12 +130,14 @@ fn write_model(path: &Path) {
                 block: BlockShape::new(4, 4).unwrap(),
                 stages: 1,
                 scale: ScaleMode::Row,
+                scale_stat: legofmt::scale::ScaleStat::AbsMax,
             },
             GroupSpec {
                 k: 8,
                 block: BlockShape::new(2, 4).unwrap(),
                 stages: 2,
                 scale: ScaleMode::Tensor,
+                scale_stat: legofmt::scale::ScaleStat::AbsMax,
             },
         ],
         seed: 7,
@@ -314,6 +316,7 @@ fn verify_rejects_an_index_out_of_range_with_a_valid_checksum() {
             block: BlockShape::new(4, 4).unwrap(),
             stages: 1,
             scale: ScaleMode::None,
+            scale_stat: legofmt::scale::ScaleStat::AbsMax,
         }],
         ..Default::default()
     };
