@@ -45,6 +45,32 @@ def test_unmapped_reader_agrees_with_the_memory_map(path, framework):
         unmapped.get_tensor("conv.weight")
 
 
+@pytest.mark.parametrize("mmap", [True, False])
+@pytest.mark.parametrize("framework", ["pt", "np"])
+def test_get_rows_is_a_slice_of_the_whole_tensor(path, framework, mmap):
+    """Row ranges, including ones that start and end inside a block row (2x2 blocks here),
+    of clustered (F32 rank 4, F16) and raw tensors decode to exactly the rows of the whole."""
+    with legofmt.open(path, framework=framework, mmap=mmap, verify_checksums=not mmap) as f:
+        for name in ("conv.weight", "fc.weight", "conv.bias", "fc.bias"):
+            whole = f.get_tensor(name)
+            n = whole.shape[0]
+            for start, stop in [(0, n), (1, 4), (3, 3), (n - 1, n), (5, n - 2)]:
+                part = f.get_rows(name, start, stop)
+                assert tuple(part.shape) == (stop - start, *whole.shape[1:])
+                if framework == "np":
+                    assert np.array_equal(part.view(np.uint8), whole[start:stop].view(np.uint8))
+                else:
+                    assert torch.equal(part, whole[start:stop])
+        with pytest.raises(legofmt.InvalidArgumentError, match=r"rows 4:17 are outside tensor 'conv\.weight' of 16"):
+            f.get_rows("conv.weight", 4, 17)
+        with pytest.raises(legofmt.InvalidArgumentError, match="outside"):
+            f.get_rows("conv.weight", 3, 2)
+        with pytest.raises(legofmt.InvalidArgumentError, match="scalar"):
+            f.get_rows("steps", 0, 1)
+        with pytest.raises(legofmt.InvalidArgumentError, match="ints"):
+            f.get_rows("conv.weight", 0, 2.0)
+
+
 def test_unmapped_reader_checks_checksums(path, tmp_path):
     bad = tmp_path / "bad.lgn"
     data = bytearray(path.read_bytes())

@@ -312,6 +312,32 @@ class LgnReader:
         self._r.decode_into(name, t.reshape(-1).view(torch.uint8).numpy())
         return t
 
+    def get_rows(self, name: str, start: int, stop: int) -> Any:
+        """Decodes rows ``start:stop`` of a tensor (along its first dimension) without decoding
+        the rest: shape ``(stop - start, *shape[1:])``. For a clustered tensor only the indices
+        of the block rows involved are used (and, with ``verify_checksums=False``, read from
+        the file): an embedding lookup on a memory-limited device touches a few rows' bytes.
+        With ``verify_checksums=True`` (the default) each call checks the CRC-32 of the whole
+        tensor: for many lookups, call :meth:`verify` once and open without checksums."""
+        dtype, shape = self.dtype_and_shape(name)
+        if not shape:
+            raise InvalidArgumentError(f"tensor {name!r} is a scalar: it has no rows")
+        for v in (start, stop):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise InvalidArgumentError(f"rows of {name!r}: start and stop must be ints, got {start!r}, {stop!r}")
+        if not 0 <= start <= stop <= shape[0]:
+            raise InvalidArgumentError(f"rows {start}:{stop} are outside tensor {name!r} of {shape[0]} rows")
+        out_shape = (stop - start, *shape[1:])
+        if self.framework == "np":
+            arr = np.empty(out_shape, dtype=NP_DTYPES[dtype])
+            self._r.decode_rows_into(name, start, stop, arr.reshape(-1).view(np.uint8))
+            return arr
+        import torch
+
+        t = torch.empty(out_shape, dtype=self._torch_dtypes[dtype])
+        self._r.decode_rows_into(name, start, stop, t.reshape(-1).view(torch.uint8).numpy())
+        return t
+
     def decode_into(self, name: str, out: Any) -> None:
         """Decodes a tensor straight into ``out`` (a contiguous CPU tensor or array of the
         tensor's dtype and shape), without an intermediate copy."""

@@ -334,6 +334,26 @@ impl Reader {
         })
     }
 
+    /// Decodes rows `start..stop` of tensor `name` (rows are `shape[0]`) into `out`, a
+    /// writable contiguous uint8 array of exactly those rows' byte size. For a clustered
+    /// tensor only the index bytes of the block rows involved are used.
+    fn decode_rows_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        start: usize,
+        stop: usize,
+        mut out: PyReadwriteArray1<'_, u8>,
+    ) -> PyResult<()> {
+        let buf = out
+            .as_slice_mut()
+            .map_err(|_| invalid("out", "output array must be contiguous"))?;
+        self.with(|f| {
+            py.detach(|| f.decode_rows_into(name, start..stop, buf))
+                .map_err(|e| to_py_in(&self.path, e))
+        })
+    }
+
     /// Decodes tensor `name` into a new uint8 array.
     fn decode<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyArray1<u8>>> {
         let bytes = self.with(|f| {

@@ -5,6 +5,7 @@
 //! The number of cases is bounded (`PROPTEST_CASES`, default 2000 here) so CI runs it in
 //! seconds; raise it for a longer fuzz session.
 
+use std::io::Cursor;
 use std::path::PathBuf;
 
 use legofmt::format::reader::LgnFile;
@@ -25,16 +26,37 @@ fn valid_files() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Every entry point a user can reach with the bytes.
+/// Every entry point a user can reach with the bytes: in memory, and through `from_reader`
+/// (reads on demand) with checksums on and off, whole tensors and a row range of each.
 fn exercise(bytes: Vec<u8>) {
-    let Ok(f) = LgnFile::from_bytes(bytes) else {
-        return;
-    };
+    if let Ok(f) = LgnFile::from_bytes(bytes.clone()) {
+        decode_all(&f);
+    }
+    for verify in [true, false] {
+        if let Ok(mut f) = LgnFile::from_reader(Cursor::new(bytes.clone())) {
+            f.set_verify_checksums(verify);
+            decode_all(&f);
+        }
+    }
+}
+
+fn decode_all(f: &LgnFile) {
     let _ = f.verify();
-    let names: Vec<String> = f.tensors().iter().map(|t| t.name.clone()).collect();
-    for name in names {
+    let infos: Vec<(String, usize, usize)> = f
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.rows(), t.row_len()))
+        .collect();
+    for (name, rows, row_len) in infos {
         let _ = f.decode(&name);
         let _ = f.decode_f32(&name);
+        // A middle row range (inside block rows when rows > 2), if its output is small: the
+        // output is the caller's buffer, sized here from the (untrusted) shape.
+        let (a, b) = (rows / 3, rows - rows / 3);
+        if b > a && (b - a).saturating_mul(row_len) <= 1 << 20 {
+            let mut out = vec![0f32; (b - a) * row_len];
+            let _ = f.decode_rows_f32_into(&name, a..b, &mut out);
+        }
     }
 }
 
