@@ -131,3 +131,37 @@ def test_max_error_refines_per_tensor(tmp_path, model):
     assert refined, [(c.options, c.max_rel_mse) for c in r.search]
     assert r.max_rel_mse <= 0.02 and r.ratio > full.ratio
     assert next(c for c in r.search if c.chosen) in refined
+
+
+def test_stage_plan_fits_the_budget_and_is_maximal():
+    """The greedy allocation never exceeds its byte budget (codebooks counted once per stage
+    count in use) and stops only when no tensor can take one more stage within it."""
+    import random
+
+    from legofmt._target import _stage_plan
+
+    rng = random.Random(0)
+    counts = [1, 2, 3, 4]
+    for _ in range(50):
+        names = [f"t{i}" for i in range(rng.randint(1, 12))]
+        numel = {n: rng.choice([256, 4096, 65536]) for n in names}
+        err = {s: {n: rng.uniform(0.5, 1.5) * 0.1**s for n in names} for s in counts}
+        size = {s: {n: numel[n] * s // 4 for n in names} for s in counts}
+        fixed, cb = rng.randint(0, 5000), rng.choice([256, 4096])
+
+        def bytes_of(p, fixed=fixed, size=size, cb=cb):
+            return fixed + sum(size[s][n] for n, s in p.items()) + cb * sum(set(p.values()))
+
+        lo, hi = bytes_of(dict.fromkeys(names, 1)), bytes_of(dict.fromkeys(names, 4))
+        budget = rng.uniform(lo, hi * 1.1)
+        p = _stage_plan(err, size, counts, fixed, cb, budget)
+        assert set(p) == set(names) and bytes_of(p) <= max(budget, lo)
+        for n in names:
+            if p[n] < 4:
+                assert bytes_of({**p, n: p[n] + 1}) > budget
+    # The extremes: everything fits, or nothing beyond the fewest stages does.
+    names = ["a", "b"]
+    err = {s: dict.fromkeys(names, 0.1**s) for s in counts}
+    size = {s: dict.fromkeys(names, 100 * s) for s in counts}
+    assert _stage_plan(err, size, counts, 0, 10, 1e9) == {"a": 4, "b": 4}
+    assert _stage_plan(err, size, counts, 0, 10, 0) == {"a": 1, "b": 1}
