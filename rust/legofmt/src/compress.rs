@@ -401,8 +401,7 @@ pub fn compress<'a>(
                     ),
                 ));
             }
-            m.scales =
-                scale::compute_with(&x, m.grid.rows, m.grid.cols, spec.scale, spec.scale_stat);
+            m.scales = scale::compute(&x, m.grid.rows, m.grid.cols, spec.scale, spec.scale_stat);
             let mul = m.scales.as_ref().map(|s| s.row_multipliers(m.grid.rows));
             let out = &mut data[m.first_block * dim..(m.first_block + m.grid.n_blocks()) * dim];
             extract(&x, &m.grid, mul.as_deref(), out);
@@ -508,9 +507,9 @@ pub fn compress<'a>(
                 packed: p,
             })
             .collect();
+        let x = to_f32(t);
         let scales = match scales {
             Some(s) => {
-                let x = to_f32(t);
                 let mut q = vec![0f32; x.len()];
                 decode_rows(&t.name, &grid, &parts, &[], 0, grid.rows, &mut q)?;
                 Some(s.refit(&x, &q, grid.rows))
@@ -519,6 +518,7 @@ pub fn compress<'a>(
         };
         let (rel_mse, max_abs_err) = measure(
             t,
+            &x,
             &grid,
             &parts,
             scales.as_ref().map_or(&[][..], |s| &s.values),
@@ -618,14 +618,15 @@ pub fn compress<'a>(
     })
 }
 
-/// Decodes a tensor exactly as a reader will and compares it with the original.
+/// Decodes a tensor exactly as a reader will and compares it with the original (`x`, the
+/// tensor's values as f32).
 fn measure(
     t: &TensorInput<'_>,
+    x: &[f32],
     grid: &Grid,
     parts: &[StageParts<'_>],
     scales: &[f32],
 ) -> Result<(f64, f64)> {
-    let x = to_f32(t);
     let mut y = vec![0f32; x.len()];
     match t.dtype {
         Dtype::F32 => decode_rows(&t.name, grid, parts, scales, 0, grid.rows, &mut y)?,

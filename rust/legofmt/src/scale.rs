@@ -86,14 +86,9 @@ fn f16_exact_ok(v: f32) -> bool {
     v == 0.0 || (v >= f16::MIN_POSITIVE.to_f32() && v <= f16::MAX.to_f32())
 }
 
-/// Computes scales (largest absolute values) of a `rows x cols` row-major matrix, or `None`
-/// for [`ScaleMode::None`].
-pub fn compute(x: &[f32], rows: usize, cols: usize, mode: ScaleMode) -> Option<Scales> {
-    compute_with(x, rows, cols, mode, ScaleStat::AbsMax)
-}
-
-/// Like [`compute`], with the statistic to divide by.
-pub fn compute_with(
+/// Computes scales (per `stat`) of a `rows x cols` row-major matrix, or `None` for
+/// [`ScaleMode::None`].
+pub fn compute(
     x: &[f32],
     rows: usize,
     cols: usize,
@@ -200,7 +195,7 @@ mod tests {
     #[test]
     fn row_scales_are_f16_absmax() {
         let x = [1.0, -3.0, 0.5, 0.25, 0.0, 0.0];
-        let s = compute(&x, 3, 2, ScaleMode::Row).unwrap();
+        let s = compute(&x, 3, 2, ScaleMode::Row, ScaleStat::AbsMax).unwrap();
         assert_eq!(s.dtype, Dtype::F16);
         assert_eq!(s.values, vec![3.0, 0.5, 0.0]);
         assert_eq!(s.row_multipliers(3), vec![1.0 / 3.0, 2.0, 0.0]);
@@ -209,19 +204,19 @@ mod tests {
 
     #[test]
     fn out_of_f16_range_falls_back_to_f32() {
-        let s = compute(&[1e-6, 1e5], 2, 1, ScaleMode::Row).unwrap();
+        let s = compute(&[1e-6, 1e5], 2, 1, ScaleMode::Row, ScaleStat::AbsMax).unwrap();
         assert_eq!(s.dtype, Dtype::F32);
         assert_eq!(s.values, vec![1e-6, 1e5]);
-        let t = compute(&[2.0, -4.0], 2, 1, ScaleMode::Tensor).unwrap();
+        let t = compute(&[2.0, -4.0], 2, 1, ScaleMode::Tensor, ScaleStat::AbsMax).unwrap();
         assert_eq!(t.values, vec![4.0]);
-        assert!(compute(&[1.0], 1, 1, ScaleMode::None).is_none());
+        assert!(compute(&[1.0], 1, 1, ScaleMode::None, ScaleStat::AbsMax).is_none());
         assert!(ScaleMode::parse("rows").is_err());
     }
 
     #[test]
     fn rms_statistic_and_option_names() {
         let x = [3.0, -4.0, 0.0, 0.0];
-        let s = compute_with(&x, 2, 2, ScaleMode::Row, ScaleStat::Rms).unwrap();
+        let s = compute(&x, 2, 2, ScaleMode::Row, ScaleStat::Rms).unwrap();
         assert_eq!(s.values, vec![f16::from_f32(12.5f32.sqrt()).to_f32(), 0.0]);
         assert_eq!(
             parse_option("row-rms").unwrap(),
@@ -266,7 +261,7 @@ mod tests {
         };
         let x: Vec<f32> = (0..64).map(|_| next()).collect();
         let q: Vec<f32> = x.iter().map(|&v| 0.7 * v + 0.1 * next()).collect();
-        let old = compute(&x, 8, 8, ScaleMode::Row).unwrap();
+        let old = compute(&x, 8, 8, ScaleMode::Row, ScaleStat::AbsMax).unwrap();
         let qn: Vec<f32> = q
             .iter()
             .enumerate()
