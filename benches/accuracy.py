@@ -192,6 +192,10 @@ class Task:
     def metrics(self, model: Any) -> list[float]:
         raise NotImplementedError
 
+    def cells(self, vals: list[float]) -> list[str]:
+        """The metrics as table cells: rates in percent, the others to four decimals."""
+        return [f"{100 * v:.1f}%" if c in ("top-1", "agreement") else f"{v:.4f}" for c, v in zip(self.columns, vals)]
+
 
 class Classifier(Task):
     columns: ClassVar[list[str]] = ["top-1", "agreement", "KL"]
@@ -361,7 +365,7 @@ def main() -> None:
     def row(label: str, size: float, model: Any, secs: float | None) -> None:
         vals = task.metrics(model)
         t = f"{secs:.1f}" if secs is not None else "-"
-        cells = [f"{100 * v:.1f}%" if c in ("top-1", "agreement") else f"{v:.4f}" for c, v in zip(task.columns, vals)]
+        cells = task.cells(vals)
         print(f"| {label} | {4 * numel / size:.2f}x | {8 * size / numel:.2f} | {' | '.join(cells)} | {t} |", flush=True)
         points.append((label, 4 * numel / size, vals[1], label.startswith("baseline")))
 

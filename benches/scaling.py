@@ -119,7 +119,7 @@ def run(task: Task, model_name: str, folder: str) -> list[str]:
         module.load_state_dict(decoded)
         ratio = 4 * report.numel / (report.file_bytes + extra)
         vals = task.metrics(model)
-        cells = [f"{100 * v:.1f}%" if c in ("top-1", "agreement") else f"{v:.4f}" for c, v in zip(task.columns, vals)]
+        cells = task.cells(vals)
         head = f"{block[0]}x{block[1]}, {stages} stage{'s' * (stages > 1)}"
         out.append(
             f"| {model_name} | {head} | {variant} | {ratio:.2f}x | {max(errs):.4f} | {sum(errs) / len(errs):.4f} | "

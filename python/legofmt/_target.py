@@ -55,25 +55,32 @@ CANDIDATES: list[dict[str, Any]] = [
 ]
 
 
+class _Trials:
+    """The files written by one search: ``tried`` holds ``(options, report, path)`` of each."""
+
+    def __init__(self, save: Callable[..., SaveReport], obj: Any, options: dict[str, Any], tmp: str) -> None:
+        self.save, self.obj, self.options, self.tmp = save, obj, options, tmp
+        self.tried: list[tuple[dict[str, Any], SaveReport, str]] = []
+
+    def run(self, opts: dict[str, Any]) -> SaveReport:
+        """Saves ``obj`` with the search's options and ``opts`` to a new file, records it."""
+        path = os.path.join(self.tmp, f"{len(self.tried)}.lgn")
+        rep = self.save(self.obj, path, **{**self.options, **opts})
+        self.tried.append((dict(opts), rep, path))
+        return rep
+
+
 #: Rounds of per-tensor stage raising tried from one candidate (see :func:`_refine`).
 REFINE_ROUNDS = 3
 
 
-def _refine(
-    save: Callable[..., SaveReport],
-    obj: Any,
-    options: dict[str, Any],
-    tried: list[tuple[dict[str, Any], SaveReport, str]],
-    tmp: str,
-    err: float,
-    ok: Callable[[SaveReport], bool],
-) -> None:
+def _refine(trials: _Trials, err: float, ok: Callable[[SaveReport], bool]) -> None:
     """Per-tensor stages for ``max_error``: a candidate whose worst tensors miss ``max_error``
     gets one more residual stage on exactly those tensors (the others keep theirs), up to
     :data:`REFINE_ROUNDS` times, as long as the file stays smaller than the best feasible one.
-    Each refined file is added to ``tried``; its ``stages`` option is the per-tensor dict."""
-    best = max((r.ratio for _, r, _ in tried if ok(r)), default=0.0)
-    for c, r, _ in list(tried):
+    Each refined file is added to ``trials``; its ``stages`` option is the per-tensor dict."""
+    best = max((r.ratio for _, r, _ in trials.tried if ok(r)), default=0.0)
+    for c, r, _ in list(trials.tried):
         base = c.get("stages")
         if ok(r) or r.ratio <= best or not isinstance(base, int):
             continue
@@ -85,10 +92,7 @@ def _refine(
                 break
             for name in over:
                 per[name] += 1
-            opts = {**c, "stages": dict(per)}
-            cpath = os.path.join(tmp, f"{len(tried)}.lgn")
-            rep = save(obj, cpath, **{**options, **opts})
-            tried.append((opts, rep, cpath))
+            rep = trials.run({**c, "stages": dict(per)})
             if rep.ratio <= best:
                 break
             if ok(rep):
@@ -138,14 +142,7 @@ def _stage_plan(
         p[n] = nxt
 
 
-def _allocate(
-    save: Callable[..., SaveReport],
-    obj: Any,
-    options: dict[str, Any],
-    tried: list[tuple[dict[str, Any], SaveReport, str]],
-    tmp: str,
-    ratio: float,
-) -> None:
+def _allocate(trials: _Trials, ratio: float) -> None:
     """Per-tensor stages for ``target_ratio``. For each block shape tried with several uniform
     stage counts, the reports give every tensor's relative MSE and stored bytes at each count.
     Starting from the fewest stages everywhere, the plan repeatedly adds the stage that removes
@@ -155,9 +152,9 @@ def _allocate(
     sum of the tensors' relative errors. The plan is saved; when the real file misses the
     ratio the budget shrinks by the miss and it is tried again (the estimate counts shared
     codebooks: with ``codebook="tensor"`` it is low, and the real ratio decides)."""
-    k = int(options.get("k", 256))
+    k = int(trials.options.get("k", 256))
     shapes: dict[tuple[int, int], dict[int, SaveReport]] = {}
-    for c, r, _ in tried:
+    for c, r, _ in trials.tried:
         if isinstance(c.get("stages"), int) and "block" in c:
             shapes.setdefault(tuple(c["block"]), {})[c["stages"]] = r
     for block, by_count in shapes.items():
@@ -177,10 +174,7 @@ def _allocate(
             if p in seen or len(set(p.values())) == 1:
                 break  # a uniform plan: already tried
             seen.append(p)
-            opts = {"block": block, "stages": p}
-            cpath = os.path.join(tmp, f"{len(tried)}.lgn")
-            rep = save(obj, cpath, **{**options, **opts})
-            tried.append((opts, rep, cpath))
+            rep = trials.run({"block": block, "stages": p})
             if rep.ratio >= ratio:
                 break
             budget *= rep.ratio / ratio * 0.999
@@ -226,20 +220,19 @@ def search(
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InvalidArgumentError(f"{path}: the folder {folder} does not exist")
-    tried: list[tuple[dict[str, Any], SaveReport, str]] = []
     with tempfile.TemporaryDirectory(dir=folder, prefix=".lgn-search-") as tmp:
-        for i, c in enumerate(cands):
-            cpath = os.path.join(tmp, f"{i}.lgn")
-            rep = save(obj, cpath, **{**options, **c})
-            tried.append((dict(c), rep, cpath))
+        trials = _Trials(save, obj, options, tmp)
+        for c in cands:
+            trials.run(c)
+        tried = trials.tried
 
         def ok(r: SaveReport) -> bool:
             return (ratio is None or r.ratio >= ratio) and (err is None or r.max_rel_mse <= err)
 
         if ratio is not None:
-            _allocate(save, obj, options, tried, tmp, ratio)
+            _allocate(trials, ratio)
         if err is not None:
-            _refine(save, obj, options, tried, tmp, err, ok)
+            _refine(trials, err, ok)
 
         feasible = [t for t in tried if ok(t[1])]
         if feasible:
