@@ -54,29 +54,77 @@ def test_policy_keeps_small_integer_and_1d_tensors_raw(tmp_path, state):
 
 
 def test_raw_patterns_and_min_size(tmp_path, state):
-    r = legofmt.save(state, tmp_path / "m.lgn", k=8, raw=["fc.*"], min_size=2000)
+    r = legofmt.save(state, tmp_path / "m.lgn", k=8, raw=["fc.*"], min_size=2000, sensitive="raw")
     enc = {t.name: t.clustered for t in r.tensors}
     assert not enc["fc.weight"]  # pattern
-    assert enc["conv.weight"] is False  # 1152 elements < min_size
+    assert enc["conv.weight"] is False  # 1152 elements < min_size, sensitive tensors raw
     r = legofmt.save(state, tmp_path / "m.lgn", k=8, raw="fc.*", min_size=0)
     assert {t.name: t.clustered for t in r.tensors}["conv.weight"]
 
 
-def test_default_policy_keeps_depthwise_and_small_tensors_raw(tmp_path):
+def _codebook_of(path, name):
+    """(block, k) of each stage's codebook of tensor ``name``, from the file's manifest."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        man = json.loads(f.metadata()["lgn.manifest"])
+    t = next(t for t in man["tensors"] if t["name"] == name)
+    if t["encoding"] == "raw":
+        return None
+    return [
+        (tuple(man["codebooks"][s["codebook"]]["block"]), man["codebooks"][s["codebook"]]["k"]) for s in t["stages"]
+    ]
+
+
+def test_default_policy_gives_depthwise_and_small_tensors_their_own_codebook(tmp_path):
     g = torch.Generator().manual_seed(0)
     state = {
-        "dw.weight": torch.randn(512, 1, 3, 3, generator=g),  # depthwise: raw by default
-        "pw.weight": torch.randn(512, 64, 1, 1, generator=g),  # 32,768 elements: clustered
-        "head.weight": torch.randn(10, 128, generator=g),  # 1,280 < 4,096 elements: raw
+        "dw.weight": torch.randn(512, 1, 3, 3, generator=g),  # depthwise: sensitive
+        "pw.weight": torch.randn(512, 64, 1, 1, generator=g),  # 32,768 elements: shared codebook
+        "head.weight": torch.randn(10, 128, generator=g),  # 1,280 < 4,096 elements: sensitive
+        "stem.weight": torch.randn(4, 3, 3, 3, generator=g),  # 108 < 256 elements: raw
     }
-    r = legofmt.save(state, tmp_path / "m.lgn")
-    assert {t.name: t.clustered for t in r.tensors} == {"dw.weight": False, "pw.weight": True, "head.weight": False}
+    path = tmp_path / "m.lgn"
+    r = legofmt.save(state, path)
+    assert {t.name: t.clustered for t in r.tensors} == {
+        "dw.weight": True,
+        "pw.weight": True,
+        "head.weight": True,
+        "stem.weight": False,
+    }
     reasons = {t.name: t.reason for t in r.tensors}
-    assert "depthwise" in reasons["dw.weight"] and "min_size=4096" in reasons["head.weight"]
-    r = legofmt.save(state, tmp_path / "m.lgn", cluster_depthwise=True, min_size=0)
-    assert all(t.clustered for t in r.tensors)
+    assert "depthwise" in reasons["dw.weight"] and "own codebook" in reasons["dw.weight"]
+    assert "min_size=4096" in reasons["head.weight"] and "own codebook" in reasons["head.weight"]
+    assert "256" in reasons["stem.weight"]
+    # Sensitive tensors: one 1x1, k=256 stage (8-bit scalar code per row); the rest: 2x2, 3 stages.
+    assert _codebook_of(path, "dw.weight") == _codebook_of(path, "head.weight") == [((1, 1), 256)]
+    assert _codebook_of(path, "pw.weight") == [((2, 2), 256)] * 3
+    assert {t.name: t.index_bits for t in r.tensors}["dw.weight"] == 8
+    dw = legofmt.load(path)["dw.weight"]
+    rel = float(((dw - state["dw.weight"]) ** 2).mean() / (state["dw.weight"] ** 2).mean())
+    assert rel < 1e-3  # 256 levels per row: close to lossless
+
+    r = legofmt.save(state, path, sensitive="raw")
+    assert {t.name: t.clustered for t in r.tensors} == {
+        "dw.weight": False,
+        "pw.weight": True,
+        "head.weight": False,
+        "stem.weight": False,
+    }
+    r = legofmt.save(state, path, sensitive={"block": (1, 3), "k": 16})
+    assert _codebook_of(path, "dw.weight") == [((1, 3), 16)]
+    assert _codebook_of(path, "head.weight") == [((1, 3), 16)]
+    r = legofmt.save(state, path, cluster_depthwise=True, min_size=0)
+    assert all(t.clustered for t in r.tensors if t.name != "stem.weight")
+    assert _codebook_of(path, "dw.weight") == [((2, 2), 256)] * 3
     with pytest.raises(legofmt.InvalidArgumentError, match="min_size"):
-        legofmt.save(state, tmp_path / "m.lgn", min_size=-1)
+        legofmt.save(state, path, min_size=-1)
+    for bad, what in [("int8", "'raw' or a dict"), ({"bits": 8}, "unknown key"), ({"k": 1}, "k must"),
+                      ({"block": (0, 1)}, "block must"), ({"stages": 0}, "stages must")]:  # fmt: skip
+        with pytest.raises(legofmt.InvalidArgumentError, match=what):
+            legofmt.save(state, path, sensitive=bad)
 
 
 def test_report_and_info_agree_with_the_file(tmp_path, state):

@@ -77,6 +77,8 @@ def test_round_trip_matches_reference_decoder(shapes, dtype, bits, block, stages
         t = by_name[name]
         if not t.clustered:
             assert np.array_equal(_as_bits(got), _as_bits(original)), name
+        elif "own codebook" in t.reason:  # a tensor smaller than one block: the sensitive group
+            assert 1 <= t.index_bits <= 8, name
         else:
             # The exact path shrinks k to the number of distinct blocks, so widths can be smaller.
             assert stages <= t.index_bits <= stages * bits, name

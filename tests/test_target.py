@@ -92,7 +92,8 @@ def test_custom_candidates_and_unreachable_bound(tmp_path, model):
 
 
 def test_stages_per_tensor(tmp_path, model):
-    """stages= as a dict: exact names first, then patterns; one codebook group per count."""
+    """stages= as a dict: exact names first, then patterns; stages are nested (stage s has one
+    codebook, shared by the tensors with more than s stages)."""
     import json
 
     from safetensors import safe_open
@@ -104,7 +105,15 @@ def test_stages_per_tensor(tmp_path, model):
         manifest = json.loads(f.metadata()["lgn.manifest"])
     stages = {t["name"]: len(t["stages"]) for t in manifest["tensors"] if t["encoding"] == "clustered"}
     assert stages[big] == 3 and set(stages.values()) == {1, 3}
-    assert len(manifest["codebooks"]) == 1 + 3  # the 1-stage group and the 3-stage group
+    shared = [i for i, c in enumerate(manifest["codebooks"]) if c["block"] == [4, 4]]
+    assert len(shared) == 3  # stages 0, 1, 2 (and the sensitive tensors' own 1x1 codebook)
+    uses = {
+        t["name"]: [s["codebook"] for s in t["stages"]] for t in manifest["tensors"] if t["encoding"] == "clustered"
+    }
+    assert uses[big] == shared
+    for name, u in uses.items():
+        if u[0] in shared:  # a tensor with n stages uses the first n shared codebooks
+            assert u == shared[: stages[name]], name
     err = {t.name: t.rel_mse for t in mixed.tensors if t.clustered}
     err1 = {t.name: t.rel_mse for t in uniform.tensors if t.clustered}
     assert err[big] < err1[big] / 2
@@ -134,8 +143,8 @@ def test_max_error_refines_per_tensor(tmp_path, model):
 
 
 def test_stage_plan_fits_the_budget_and_is_maximal():
-    """The greedy allocation never exceeds its byte budget (codebooks counted once per stage
-    count in use) and stops only when no tensor can take one more stage within it."""
+    """The greedy allocation never exceeds its byte budget (nested stages: as many codebooks
+    as the largest stage count) and stops only when no tensor can take one more stage within it."""
     import random
 
     from legofmt._target import _stage_plan
@@ -150,7 +159,7 @@ def test_stage_plan_fits_the_budget_and_is_maximal():
         fixed, cb = rng.randint(0, 5000), rng.choice([256, 4096])
 
         def bytes_of(p, fixed=fixed, size=size, cb=cb):
-            return fixed + sum(size[s][n] for n, s in p.items()) + cb * sum(set(p.values()))
+            return fixed + sum(size[s][n] for n, s in p.items()) + cb * max(p.values())
 
         lo, hi = bytes_of(dict.fromkeys(names, 1)), bytes_of(dict.fromkeys(names, 4))
         budget = rng.uniform(lo, hi * 1.1)

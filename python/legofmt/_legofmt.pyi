@@ -18,6 +18,7 @@ def compress_to_file(
     max_iter: int | None = None,
     metadata: dict[str, str] | None = None,
     progress: Callable[[str, int, int], object] | None = None,
+    stages: list[int | None] | None = None,
 ) -> dict[str, Any]: ...
 def write_safetensors(
     path: str | PathLike[str],

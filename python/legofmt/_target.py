@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -114,12 +113,13 @@ def _stage_plan(
 ) -> dict[str, int]:
     """Greedy allocation for :func:`_allocate`: ``err[s][name]`` and ``size[s][name]`` are a
     tensor's relative MSE and stored bytes with ``s`` stages (``s`` in ``counts``), ``fixed``
-    the bytes besides indices and codebooks, ``cb`` one codebook's bytes (a group of tensors
-    with ``s`` stages has ``s`` codebooks). Each step is linear in the number of tensors."""
+    the bytes besides indices and codebooks, ``cb`` one codebook's bytes. Stages are nested
+    (stage ``s`` has one codebook for every tensor with more than ``s`` stages), so a plan
+    costs ``cb`` times its largest stage count. Each step is linear in the number of tensors."""
     names = list(err[counts[0]])
     p = {n: counts[0] for n in names}
-    users = Counter(p.values())  # tensors per stage count: a count in use costs its codebooks
-    used = fixed + sum(size[counts[0]].values()) + cb * counts[0]
+    top = counts[0]  # the largest stage count in use: the number of codebooks
+    used = fixed + sum(size[counts[0]].values()) + cb * top
     while True:
         best: tuple[float, str, int, float] | None = None
         for n in names:
@@ -127,8 +127,7 @@ def _stage_plan(
             if cur == counts[-1]:
                 continue
             nxt = counts[counts.index(cur) + 1]
-            cost = used + size[nxt][n] - size[cur][n]
-            cost += cb * nxt * (users[nxt] == 0) - cb * cur * (users[cur] == 1)
+            cost = used + size[nxt][n] - size[cur][n] + cb * max(0, nxt - top)
             gain = err[cur][n] - err[nxt][n]
             if cost <= budget and gain > 0:
                 per = gain / max(cost - used, 1.0)
@@ -137,17 +136,16 @@ def _stage_plan(
         if best is None:
             return p
         _, n, nxt, used = best
-        users[p[n]] -= 1
-        users[nxt] += 1
         p[n] = nxt
+        top = max(top, nxt)
 
 
 def _allocate(trials: _Trials, ratio: float) -> None:
     """Per-tensor stages for ``target_ratio``. For each block shape tried with several uniform
     stage counts, the reports give every tensor's relative MSE and stored bytes at each count.
     Starting from the fewest stages everywhere, the plan repeatedly adds the stage that removes
-    the most relative error per byte (a codebook per stage counted when a new stage count
-    appears) while the estimated file (index bytes, codebooks, and what the uniform file holds
+    the most relative error per byte (a codebook counted when a tensor gets more stages than
+    any before it) while the estimated file (index bytes, codebooks, and what the uniform file holds
     besides) stays within the budget of ``ratio``: the classic greedy bit allocation for the
     sum of the tensors' relative errors. The plan is saved; when the real file misses the
     ratio the budget shrinks by the miss and it is tried again (the estimate counts shared

@@ -171,9 +171,11 @@ type TensorArg<'py> = (
 /// Compresses tensors and writes `path` atomically. See `legofmt.save` for the meaning.
 ///
 /// `tensors`: list of `(name, dtype, shape, data, group)` where `data` is a 1-D uint8 view of
-/// the tensor's bytes and `group` an index into `groups` or None (stored raw).
+/// the tensor's bytes and `group` an index into `groups` or None (stored raw). `stages`, when
+/// given, has one entry per tensor: its residual stage count (at most its group's; nested
+/// stages, see `TensorInput::stages`) or None for the group's.
 #[pyfunction]
-#[pyo3(signature = (path, tensors, groups, seed=0, batch_size=None, max_iter=None, metadata=None, progress=None))]
+#[pyo3(signature = (path, tensors, groups, seed=0, batch_size=None, max_iter=None, metadata=None, progress=None, stages=None))]
 #[allow(clippy::too_many_arguments)]
 fn compress_to_file<'py>(
     py: Python<'py>,
@@ -185,13 +187,22 @@ fn compress_to_file<'py>(
     max_iter: Option<usize>,
     metadata: Option<BTreeMap<String, String>>,
     progress: Option<Py<PyAny>>,
+    stages: Option<Vec<Option<usize>>>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    if let Some(st) = &stages {
+        if st.len() != tensors.len() {
+            return Err(invalid(
+                "stages",
+                format!("{} entries for {} tensors", st.len(), tensors.len()),
+            ));
+        }
+    }
     let groups = groups
         .iter()
         .map(parse_group)
         .collect::<PyResult<Vec<_>>>()?;
     let mut inputs = Vec::with_capacity(tensors.len());
-    for (name, dtype, shape, data, group) in &tensors {
+    for (i, (name, dtype, shape, data, group)) in tensors.iter().enumerate() {
         let dtype = Dtype::parse(dtype).map_err(to_py)?;
         let data = data
             .as_slice()
@@ -202,6 +213,7 @@ fn compress_to_file<'py>(
             shape: shape.clone(),
             data,
             group: *group,
+            stages: stages.as_ref().and_then(|st| st[i]),
         });
     }
     let opts = CompressOptions {

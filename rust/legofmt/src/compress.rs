@@ -73,6 +73,11 @@ pub struct TensorInput<'a> {
     pub data: &'a [u8],
     /// Codebook group to cluster into, or `None` to store raw.
     pub group: Option<usize>,
+    /// Residual stages of this tensor, `1..=` its group's `stages` (`None`: the group's).
+    /// Stages are nested: stage `s` of a group is one codebook, fitted to the residuals of
+    /// exactly the members with more than `s` stages, so a tensor given fewer stages than its
+    /// group adds no codebook of its own.
+    pub stages: Option<usize>,
 }
 
 /// Options of a compression run.
@@ -239,6 +244,22 @@ fn validate_inputs(inputs: &[TensorInput<'_>], opts: &CompressOptions) -> Result
             }
             Grid::new(&t.shape, spec.block)
                 .map_err(|e| LgnError::invalid("group", format!("tensor `{}`: {e}", t.name)))?;
+            if let Some(st) = t.stages {
+                if !(1..=spec.stages).contains(&st) {
+                    return Err(LgnError::invalid(
+                        "stages",
+                        format!(
+                            "tensor `{}` asks for {st} stages; its group {g} has 1..={}",
+                            t.name, spec.stages
+                        ),
+                    ));
+                }
+            }
+        } else if t.stages.is_some() {
+            return Err(LgnError::invalid(
+                "stages",
+                format!("tensor `{}` is stored raw: it has no stages", t.name),
+            ));
         }
     }
     Ok(())
@@ -253,6 +274,7 @@ fn to_f32(t: &TensorInput<'_>) -> Vec<f32> {
 /// One clustered tensor while it is being built.
 struct Member {
     input: usize,
+    stages: usize,
     grid: Grid,
     scales: Option<Scales>,
     first_block: usize,
@@ -364,12 +386,16 @@ pub fn compress<'a>(
     let mut report_cb = Vec::new();
 
     for (gi, spec) in opts.groups.iter().enumerate() {
-        let member_inputs: Vec<usize> = (0..inputs.len())
+        let mut member_inputs: Vec<usize> = (0..inputs.len())
             .filter(|&i| inputs[i].group == Some(gi))
             .collect();
         if member_inputs.is_empty() {
             continue;
         }
+        let stages_of = |i: usize| inputs[i].stages.unwrap_or(spec.stages);
+        // Most stages first (stable): the blocks stage `s` clusters are then a prefix of `data`.
+        member_inputs.sort_by_key(|&i| std::cmp::Reverse(stages_of(i)));
+        let n_stages = stages_of(member_inputs[0]);
         let dim = spec.block.dim();
         let mut members = Vec::with_capacity(member_inputs.len());
         let mut n_blocks = 0usize;
@@ -377,6 +403,7 @@ pub fn compress<'a>(
             let grid = Grid::new(&inputs[i].shape, spec.block)?;
             members.push(Member {
                 input: i,
+                stages: stages_of(i),
                 grid,
                 scales: None,
                 first_block: n_blocks,
@@ -406,15 +433,22 @@ pub fn compress<'a>(
             let out = &mut data[m.first_block * dim..(m.first_block + m.grid.n_blocks()) * dim];
             extract(&x, &m.grid, mul.as_deref(), out);
         }
-        let mut stage_ids = Vec::with_capacity(spec.stages);
-        let mut assignments = Vec::with_capacity(spec.stages);
-        for s in 0..spec.stages {
+        let mut stage_ids = Vec::with_capacity(n_stages);
+        let mut assignments = Vec::with_capacity(n_stages);
+        for s in 0..n_stages {
             let phase = format!("cluster g{gi} s{s}");
             let seed =
                 opts.seed ^ ((gi as u64) << 32 | s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let r = cluster(&data, dim, spec.k, seed, opts, &phase, progress)?;
-            if s + 1 < spec.stages {
-                crate::par::for_each_chunk_mut(&mut data, dim * 4096, |ci, chunk| {
+            // The members with more than `s` stages: a prefix of `data` (sorted above).
+            let blocks: usize = members
+                .iter()
+                .filter(|m| m.stages > s)
+                .map(|m| m.grid.n_blocks())
+                .sum();
+            let data = &mut data[..blocks * dim];
+            let r = cluster(data, dim, spec.k, seed, opts, &phase, progress)?;
+            if s + 1 < n_stages {
+                crate::par::for_each_chunk_mut(data, dim * 4096, |ci, chunk| {
                     for (j, blk) in chunk.chunks_mut(dim).enumerate() {
                         let a = r.assignments[ci * 4096 + j] as usize;
                         for (v, c) in blk.iter_mut().zip(&r.centroids[a * dim..(a + 1) * dim]) {
@@ -450,12 +484,13 @@ pub fn compress<'a>(
         })?;
         for m in members {
             let range = m.first_block..m.first_block + m.grid.n_blocks();
-            let packed = stage_ids
+            let packed = stage_ids[..m.stages]
                 .iter()
                 .zip(&assignments)
                 .map(|(&id, a)| bitpack::pack(&a[range.clone()], manifest.codebooks[id].bits))
                 .collect::<Result<Vec<_>>>()?;
-            clustered.insert(m.input, (stage_ids.clone(), packed, m.scales, m.grid));
+            let ids = stage_ids[..m.stages].to_vec();
+            clustered.insert(m.input, (ids, packed, m.scales, m.grid));
         }
     }
 

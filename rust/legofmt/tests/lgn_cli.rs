@@ -93,6 +93,7 @@ fn write_model(path: &Path) {
             shape: vec![64, 48],
             data: &w,
             group: Some(0),
+            stages: None,
         },
         TensorInput {
             name: "layer.h".into(),
@@ -100,6 +101,7 @@ fn write_model(path: &Path) {
             shape: vec![32, 16],
             data: &h,
             group: Some(1),
+            stages: None,
         },
         TensorInput {
             name: "conv".into(),
@@ -107,6 +109,7 @@ fn write_model(path: &Path) {
             shape: vec![8, 4, 2, 2],
             data: &conv,
             group: Some(0),
+            stages: None,
         },
         TensorInput {
             name: "layer.b".into(),
@@ -114,6 +117,7 @@ fn write_model(path: &Path) {
             shape: vec![3],
             data: &b,
             group: None,
+            stages: None,
         },
         TensorInput {
             name: "ids".into(),
@@ -121,6 +125,7 @@ fn write_model(path: &Path) {
             shape: vec![5],
             data: &ids,
             group: None,
+            stages: None,
         },
     ];
     let opts = CompressOptions {
@@ -309,6 +314,7 @@ fn verify_rejects_an_index_out_of_range_with_a_valid_checksum() {
         shape: vec![8, 8],
         data: &data,
         group: Some(0),
+        stages: None,
     }];
     let opts = CompressOptions {
         groups: vec![GroupSpec {

@@ -1378,6 +1378,7 @@ mod tests {
                 shape: s.clone(),
                 data: b,
                 group: *g,
+                stages: None,
             })
             .collect();
         let opts = CompressOptions {
