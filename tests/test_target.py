@@ -20,9 +20,11 @@ def test_max_error_picks_the_smallest_file_meeting_it(tmp_path, model):
     r = legofmt.save(model, path, max_error=0.02, progress=False)
     assert r.max_rel_mse <= 0.02
     assert os.path.getsize(path) == r.file_bytes
-    # Every built-in candidate, then per-tensor refinements of those that missed the bound.
-    assert [c.options for c in r.search[: len(legofmt._target.CANDIDATES)]] == legofmt._target.CANDIDATES
-    refined = r.search[len(legofmt._target.CANDIDATES) :]
+    # Every built-in candidate with k=256 and k=64, then per-tensor refinements of those that
+    # missed the bound.
+    builtin = [{**c, "k": k} for k in (256, 64) for c in legofmt._target.CANDIDATES]
+    assert [c.options for c in r.search[: len(builtin)]] == builtin
+    refined = r.search[len(builtin) :]
     for c in refined:
         assert isinstance(c.options["stages"], dict) and min(c.options["stages"].values()) >= 1
     chosen = [c for c in r.search if c.chosen]
@@ -57,21 +59,26 @@ def test_target_ratio_allocates_stages_per_tensor(tmp_path, model):
     r = legofmt.save(model, tmp_path / "m.lgn", target_ratio=10, progress=False)
     plans = [c for c in r.search if isinstance(c.options["stages"], dict)]
     uniform = [c for c in r.search if isinstance(c.options["stages"], int)]
-    assert len(uniform) == len(legofmt._target.CANDIDATES) and plans
+    assert len(uniform) == 2 * len(legofmt._target.CANDIDATES) and plans  # k=256 and k=64
     for c in plans:
-        assert set(c.options["stages"]) == {t.name for t in r.tensors if t.clustered}
+        assert set(c.options["stages"]) == {t.name for t in r.tensors if t.codebook == "shared"}
         assert len(set(c.options["stages"].values())) > 1
     fitting = [c for c in plans if c.ratio >= 10]
     assert fitting
-    best_uniform = min(c.mean_rel_mse for c in uniform if c.ratio >= 10)
-    assert min(c.mean_rel_mse for c in fitting) < best_uniform
-    assert r.ratio >= 10 and next(c for c in r.search if c.chosen) in fitting
+    for c in fitting:  # each plan beats every uniform file of its block shape and k that fits
+        same = [u for u in uniform if u.options["block"] == c.options["block"] and u.options["k"] == c.options["k"]]
+        assert c.mean_rel_mse < min(u.mean_rel_mse for u in same if u.ratio >= 10)
+    assert r.ratio >= 10
     # The chosen plan is what was written: its tensors have the stage counts it names.
     info = legofmt.info(tmp_path / "m.lgn")
     chosen = next(c for c in r.search if c.chosen)
+    st = chosen.options["stages"]
+    plan = st if isinstance(st, dict) else {t.name: st for t in r.tensors if t.codebook == "shared"}
     for t in info.tensors:
-        if t.encoding == "clustered":
-            assert len(t.codebooks) == chosen.options["stages"][t.name]
+        if t.name in plan:
+            assert len(t.codebooks) == plan[t.name]
+        elif t.encoding == "clustered":  # sensitive: their own one-stage codebook
+            assert len(t.codebooks) == 1
 
 
 def test_target_mode_errors(tmp_path, model):

@@ -295,6 +295,7 @@ def save(
             rel_mse=t["rel_mse"],
             max_abs_err=t["max_abs_err"],
             reason=dec.reason,
+            codebook="" if dec.target == RAW else dec.target,
         )
         for t, dec in zip(r["tensors"], decisions)
     ]

@@ -38,6 +38,9 @@ class TensorReport:
     max_abs_err: float
     reason: str = ""
     """Why the policy clustered it or kept it raw."""
+    codebook: str = ""
+    """``"shared"`` (the shared codebooks, whose block and stages ``save`` sets), ``"sensitive"``
+    (the sensitive tensors' own codebook, see :mod:`legofmt._policy`) or ``""`` (raw)."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from ._api import MAX_STAGES
 from ._report import Candidate, SaveReport
 from .errors import InvalidArgumentError
 
-#: Configurations tried, from the smallest files to the largest (each with the given k).
+#: Configurations tried, from the smallest files to the largest; each with the given k and
+#: with k / :data:`SMALL_K_DIVISOR` (see :func:`_with_k`).
 CANDIDATES: list[dict[str, Any]] = [
     {"block": (4, 4), "stages": 1},
     {"block": (4, 4), "stages": 2},
@@ -52,6 +53,20 @@ CANDIDATES: list[dict[str, Any]] = [
     {"block": (2, 2), "stages": 4},
     {"block": (1, 4), "stages": 4},
 ]
+
+
+#: Each built-in candidate is also tried with this many times fewer codewords: on a small model
+#: the codebooks are a large share of the file (a 4x4, k=256 codebook is 16 KiB, 30% of the
+#: MNIST CNN at 32x), and there k=64 buys more accuracy per byte than k=256 (see the README,
+#: "Target mode").
+SMALL_K_DIVISOR = 4
+
+
+def _with_k(cands: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The built-in candidates with ``k`` and, where it is at least 16, ``k // SMALL_K_DIVISOR``."""
+    small = k // SMALL_K_DIVISOR
+    ks = [k] + ([small] if small >= 16 else [])
+    return [{**c, "k": kk} for kk in ks for c in cands]
 
 
 class _Trials:
@@ -83,10 +98,10 @@ def _refine(trials: _Trials, err: float, ok: Callable[[SaveReport], bool]) -> No
         base = c.get("stages")
         if ok(r) or r.ratio <= best or not isinstance(base, int):
             continue
-        per = {t.name: base for t in r.tensors if t.clustered}
+        per = {t.name: base for t in r.tensors if t.codebook == "shared"}
         rep = r
         for _ in range(REFINE_ROUNDS):
-            over = [t.name for t in rep.tensors if t.clustered and t.rel_mse > err and per[t.name] < MAX_STAGES]
+            over = [t.name for t in rep.tensors if t.name in per and t.rel_mse > err and per[t.name] < MAX_STAGES]
             if not over:
                 break
             for name in over:
@@ -115,11 +130,31 @@ def _stage_plan(
     tensor's relative MSE and stored bytes with ``s`` stages (``s`` in ``counts``), ``fixed``
     the bytes besides indices and codebooks, ``cb`` one codebook's bytes. Stages are nested
     (stage ``s`` has one codebook for every tensor with more than ``s`` stages), so a plan
-    costs ``cb`` times its largest stage count. Each step is linear in the number of tensors."""
-    names = list(err[counts[0]])
-    p = {n: counts[0] for n in names}
-    top = counts[0]  # the largest stage count in use: the number of codebooks
-    used = fixed + sum(size[counts[0]].values()) + cb * top
+    costs ``cb`` times its largest stage count. The greedy runs from every uniform start that
+    fits (raising one tensor's cheap stages first can leave no room for a big tensor's next
+    stage, where starting higher would), and the plan with the least total error is kept."""
+    plans = [_greedy(err, size, counts, fixed, cb, budget, start) for start in counts]
+    fits = [p for p in plans if p is not None] or [dict.fromkeys(err[counts[0]], counts[0])]
+    return min(fits, key=lambda p: sum(err[s][n] for n, s in p.items()))
+
+
+def _greedy(
+    err: dict[int, dict[str, float]],
+    size: dict[int, dict[str, int]],
+    counts: list[int],
+    fixed: float,
+    cb: int,
+    budget: float,
+    start: int,
+) -> dict[str, int] | None:
+    """:func:`_stage_plan` from ``start`` stages everywhere (None if that does not fit): each
+    step adds the stage that removes the most error per byte. Linear in the tensors a step."""
+    names = list(err[start])
+    p = dict.fromkeys(names, start)
+    top = start  # the largest stage count in use: the number of codebooks
+    used = fixed + sum(size[start].values()) + cb * top
+    if used > budget:
+        return None
     while True:
         best: tuple[float, str, int, float] | None = None
         for n in names:
@@ -150,20 +185,23 @@ def _allocate(trials: _Trials, ratio: float) -> None:
     sum of the tensors' relative errors. The plan is saved; when the real file misses the
     ratio the budget shrinks by the miss and it is tried again (the estimate counts shared
     codebooks: with ``codebook="tensor"`` it is low, and the real ratio decides)."""
-    k = int(trials.options.get("k", 256))
-    shapes: dict[tuple[int, int], dict[int, SaveReport]] = {}
+    shapes: dict[tuple[tuple[int, int], int], dict[int, SaveReport]] = {}
     for c, r, _ in trials.tried:
         if isinstance(c.get("stages"), int) and "block" in c:
-            shapes.setdefault(tuple(c["block"]), {})[c["stages"]] = r
-    for block, by_count in shapes.items():
+            k = int(c.get("k", trials.options.get("k", 256)))
+            shapes.setdefault((tuple(c["block"]), k), {})[c["stages"]] = r
+    for (block, k), by_count in shapes.items():
         counts = sorted(by_count)
         if len(counts) < 2:
             continue
-        err = {s: {t.name: t.rel_mse for t in r.tensors if t.clustered} for s, r in by_count.items()}
-        size = {s: {t.name: t.stored_bytes for t in r.tensors if t.clustered} for s, r in by_count.items()}
+        err = {s: {t.name: t.rel_mse for t in r.tensors if t.codebook == "shared"} for s, r in by_count.items()}
+        size = {s: {t.name: t.stored_bytes for t in r.tensors if t.codebook == "shared"} for s, r in by_count.items()}
+        if not err[counts[0]]:
+            continue  # nothing in the shared codebooks: no stages to plan
         cb = k * block[0] * block[1] * 4  # one f32 codebook
         r0 = by_count[counts[0]]
-        fixed = r0.file_bytes - sum(size[counts[0]].values()) - counts[0] * cb  # header + raw tensors
+        # Header, raw and sensitive tensors (with their codebook): the same in every plan.
+        fixed = r0.file_bytes - sum(size[counts[0]].values()) - counts[0] * cb
 
         budget = r0.fp32_bytes / ratio
         seen: list[dict[str, int]] = []
@@ -172,7 +210,7 @@ def _allocate(trials: _Trials, ratio: float) -> None:
             if p in seen or len(set(p.values())) == 1:
                 break  # a uniform plan: already tried
             seen.append(p)
-            rep = trials.run({"block": block, "stages": p})
+            rep = trials.run({"block": block, "k": k, "stages": p})
             if rep.ratio >= ratio:
                 break
             budget *= rep.ratio / ratio * 0.999
@@ -212,7 +250,7 @@ def search(
         raise InvalidArgumentError(
             f"{' and '.join(sorted(fixed))} cannot be combined with target_ratio/max_error: the search chooses them"
         )
-    cands = CANDIDATES if candidates is None else candidates
+    cands = _with_k(CANDIDATES, int(options.get("k", 256))) if candidates is None else candidates
     if not cands:
         raise InvalidArgumentError("candidates must not be empty")
     folder = os.path.dirname(os.path.abspath(path))
