@@ -320,6 +320,15 @@ def main() -> None:
         {"label": "1x4, k=256, 2 stages, row scales", "k": 256, "block": (1, 4), "stages": 2},
         {"label": "1x4, k=256, 3 stages, row scales", "k": 256, "block": (1, 4), "stages": 3},
         {"label": "2x2, k=256, 2 stages, row scales", "k": 256, "block": (2, 2), "stages": 2},
+        {
+            "label": "1x2, k=256, 1 stage, row scales, codebook per tensor",
+            "k": 256,
+            "block": (1, 2),
+            "stages": 1,
+            "codebook": "tensor",
+        },
+        {"label": "2x4, k=64, 1 stage, row-RMS scales", "k": 64, "block": (2, 4), "stages": 1, "scale": "row-rms"},
+        {"label": "defaults with sensitive tensors raw (before)", "sensitive": "raw"},
         {"label": "**defaults**: 2x2, k=256, 3 stages, row scales"},
         # Target mode at issue 5's ratio for this model: block shape and per-tensor stages searched.
         {"label": "target mode", "target_ratio": {"mnist": 32, "effnet": 8, "minilm": 8}[a.model]},

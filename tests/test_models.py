@@ -64,12 +64,15 @@ def test_mnist_round_trip_matches_report(tmp_path, mnist, k, stages):
     acc_before = float((before.argmax(1) == y).mean())
     acc_after = float((after.argmax(1) == y).mean())
     print(f"k={k} stages={stages}: {report.ratio:.1f}x, accuracy {acc_before:.4f} -> {acc_after:.4f}")
-    # More stages never hurt: each residual stage reduces every clustered tensor's error.
+    # More stages never hurt: each residual stage reduces the error of every tensor in the
+    # shared codebooks (the sensitive tensors' own codebook has one stage either way).
     if stages > 1:
         single = legofmt.save(model, tmp_path / "one.lgn", k=k, stages=1)
         for a, b in zip(report.tensors, single.tensors):
-            if a.clustered:
+            if a.codebook == "shared":
                 assert a.rel_mse < b.rel_mse, a.name
+            elif a.codebook == "sensitive":
+                assert a.rel_mse == b.rel_mse, a.name
         assert report.ratio < single.ratio
 
 
@@ -77,7 +80,8 @@ def test_default_compression_keeps_the_mnist_cnn(tmp_path, mnist):
     """legofmt.save(model, path) with no options must not destroy a model (issue 5's bound).
 
     Measured with the defaults (2x2 blocks, k=256, 3 stages, row scales, small and depthwise
-    tensors raw): 100.00% agreement with fp32 on the 5,000 digits at 4.98x (examples/demo.py).
+    tensors in their own 8-bit codebook): 100.00% agreement with fp32 on the 5,000 digits at
+    5.03x (examples/demo.py).
     """
     model, x, y = mnist
     before = fixtures.predict(model, x).argmax(1)
