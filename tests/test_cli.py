@@ -83,6 +83,16 @@ def test_compress_with_options_records_them(tmp_path, state):
     assert all(t.encoding == "raw" for t in i.tensors)
 
 
+def test_compress_sensitive_raw(tmp_path):
+    """--sensitive-raw stores depthwise and small tensors as they are (default: own codebook)."""
+    g = torch.Generator().manual_seed(0)
+    save_file({"dw.weight": torch.randn(64, 1, 3, 3, generator=g)}, tmp_path / "d.safetensors")
+    for flag, encoding in ((), "clustered"), (("--sensitive-raw",), "raw"):
+        out = run("compress", tmp_path / "d.safetensors", "-o", tmp_path / "d.lgn", "-q", *flag)
+        assert out.returncode == 0, out.stderr
+        assert [t.encoding for t in legofmt.info(tmp_path / "d.lgn").tensors] == [encoding]
+
+
 def test_verify_detects_corruption(tmp_path, state):
     legofmt.save(state, tmp_path / "m.lgn", k=16)
     data = bytearray((tmp_path / "m.lgn").read_bytes())

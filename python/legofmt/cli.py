@@ -95,6 +95,8 @@ def cmd_compress(a: argparse.Namespace) -> int:
         options["max_error"] = a.max_error
     if a.cluster_depthwise:
         options["cluster_depthwise"] = True
+    if a.sensitive_raw:
+        options["sensitive"] = "raw"
     if a.raw:
         options["raw"] = a.raw
     report = save(state, a.output, k=a.k, block=a.block, seed=a.seed, **options)
@@ -170,7 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-size", type=int, help="tensors with fewer elements stay raw (default 4096)")
     c.add_argument("--target-ratio", type=float, help="search block shape and per-tensor stages for this ratio vs fp32")
     c.add_argument("--max-error", type=float, help="search for the smallest file with every tensor's rel. MSE <= this")
-    c.add_argument("--cluster-depthwise", action="store_true", help="cluster depthwise convolutions too")
+    c.add_argument(
+        "--cluster-depthwise", action="store_true", help="cluster depthwise convolutions into the shared codebook"
+    )
+    c.add_argument(
+        "--sensitive-raw",
+        action="store_true",
+        help="store depthwise and small tensors raw instead of in their own 8-bit codebook",
+    )
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.add_argument("-v", "--verbose", action="store_true", help="print the per-tensor table")
