@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -13,7 +12,7 @@ import numpy as np
 
 from . import _legofmt
 from ._dtypes import NP_DTYPES, np_bytes, np_name, require_torch, torch_bytes, torch_dtypes, torch_name
-from ._policy import RAW, SENSITIVE, SHARED, Decision, decide
+from ._policy import RAW, SENSITIVE, SHARED, decide
 from ._report import FileInfo, SaveReport, TensorInfo, TensorReport
 from .errors import InvalidArgumentError
 
@@ -103,6 +102,19 @@ def _stages_for(name: str, stages: Any) -> Any:
     return DEFAULT_STAGES
 
 
+def _checked_k_block(k: Any, block: Any, what: str = "") -> tuple[int, tuple[int, int]]:
+    """``k`` (2..65536) and ``block`` (two sides in 1..8) checked; ``what`` prefixes the error."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 65536:
+        raise InvalidArgumentError(f"{what}k must be an int in 2..65536, got {k!r}")
+    if (
+        not isinstance(block, (tuple, list))
+        or len(block) != 2
+        or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 8 for b in block)
+    ):
+        raise InvalidArgumentError(f"{what}block must be (height, width) with sides in 1..8, got {block!r}")
+    return k, (int(block[0]), int(block[1]))
+
+
 def _sensitive_group(value: Any) -> dict[str, Any] | None:
     """The codebook group of the sensitive tensors (``None``: they stay raw), checked."""
     if isinstance(value, str) and value == "raw":
@@ -115,18 +127,10 @@ def _sensitive_group(value: Any) -> dict[str, Any] | None:
             f"sensitive: unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(DEFAULT_SENSITIVE)}"
         )
     group = {**DEFAULT_SENSITIVE, **value}
-    k, block, stages = group["k"], group["block"], group["stages"]
-    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 65536:
-        raise InvalidArgumentError(f"sensitive: k must be an int in 2..65536, got {k!r}")
-    if (
-        not isinstance(block, (tuple, list))
-        or len(block) != 2
-        or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 8 for b in block)
-    ):
-        raise InvalidArgumentError(f"sensitive: block must be (height, width) with sides in 1..8, got {block!r}")
+    _, group["block"] = _checked_k_block(group["k"], group["block"], "sensitive: ")
+    stages = group["stages"]
     if isinstance(stages, bool) or not isinstance(stages, int) or not 1 <= stages <= MAX_STAGES:
         raise InvalidArgumentError(f"sensitive: stages must be an int in 1..{MAX_STAGES}, got {stages!r}")
-    group["block"] = (int(block[0]), int(block[1]))
     return group
 
 
@@ -200,15 +204,7 @@ def save(
         )
     if block is None:
         block = DEFAULT_BLOCK
-    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 65536:
-        raise InvalidArgumentError(f"k must be an int in 2..65536, got {k!r}")
-    if (
-        not isinstance(block, (tuple, list))
-        or len(block) != 2
-        or not all(isinstance(b, int) and 1 <= b <= 8 for b in block)
-    ):
-        raise InvalidArgumentError(f"block must be (height, width) with sides in 1..8, got {block!r}")
-    bh, bw = int(block[0]), int(block[1])
+    k, (bh, bw) = _checked_k_block(k, block)
     stages = options.get("stages", DEFAULT_STAGES)
     if isinstance(stages, Mapping) and not all(isinstance(p, str) for p in stages):
         raise InvalidArgumentError(f"stages: keys must be tensor names or glob patterns (str), got {list(stages)!r}")
@@ -233,18 +229,10 @@ def save(
             raw=raw,
             min_size=min_size,
             cluster_depthwise=cluster_depthwise,
-            sensitive=sensitive is not None,
+            sensitive=None if sensitive is None else sensitive["block"],
         )
         for n, d, s, _ in items
     ]
-    if sensitive is not None:  # a sensitive tensor smaller than one of its group's blocks stays raw
-        sb = sensitive["block"]
-        decisions = [
-            Decision(RAW, f"{dec.reason.split(':')[0]}; smaller than one {sb[0]}x{sb[1]} block")
-            if dec.target == SENSITIVE and (s[0] < sb[0] or math.prod(s[1:]) < sb[1])
-            else dec
-            for dec, (_, _, s, _) in zip(decisions, items)
-        ]
     codebook = options.get("codebook", "global")
     if codebook not in ("global", "tensor"):
         raise InvalidArgumentError(f"codebook must be 'global' or 'tensor', got {codebook!r}")

@@ -20,7 +20,8 @@ Sensitive tensors are clustered into a codebook group of their own (by default 1
 k=256, row scales: an 8-bit non-uniform scalar code per row, a quarter of their fp32 bytes and
 close to lossless; see the README, "Defaults"), or stay raw with ``sensitive="raw"``. A
 sensitive tensor with fewer than :data:`MIN_CLUSTERED` elements stays raw: the header entries of
-its indices and scales would cost more than clustering saves.
+its indices and scales would cost more than clustering saves; so does one smaller than one
+block of that codebook.
 """
 
 from __future__ import annotations
@@ -63,10 +64,10 @@ def decide(
     raw: Sequence[str] = (),
     min_size: int = 0,
     cluster_depthwise: bool = False,
-    sensitive: bool = True,
+    sensitive: tuple[int, int] | None = (1, 1),
 ) -> Decision:
-    """Applies the rules of this module to one tensor; ``sensitive=False`` stores the
-    sensitive tensors raw."""
+    """Applies the rules of this module to one tensor; ``sensitive`` is the block shape of
+    the sensitive tensors' codebook, or ``None`` to store them raw."""
     for pattern in raw:
         if fnmatch.fnmatchcase(name, pattern):
             return Decision(RAW, f"matches raw pattern {pattern!r}")
@@ -84,8 +85,10 @@ def decide(
         why = f"2-D view {rows}x{cols} is smaller than one {block[0]}x{block[1]} block"
     if why is None:
         return Decision(SHARED, "clustered")
-    if not sensitive:
+    if sensitive is None:
         return Decision(RAW, why)
     if rows * cols < MIN_CLUSTERED:
         return Decision(RAW, f"{why}; too small for a codebook (< {MIN_CLUSTERED} elements)")
+    if rows < sensitive[0] or cols < sensitive[1]:
+        return Decision(RAW, f"{why}; smaller than one {sensitive[0]}x{sensitive[1]} block")
     return Decision(SENSITIVE, f"{why}: own codebook")

@@ -133,53 +133,45 @@ def _stage_plan(
     costs ``cb`` times its largest stage count. The greedy runs from every uniform start that
     fits (raising one tensor's cheap stages first can leave no room for a big tensor's next
     stage, where starting higher would), and the plan with the least total error is kept."""
-    plans = [_greedy(err, size, counts, fixed, cb, budget, start) for start in counts]
+
+    def greedy(start: int) -> dict[str, int] | None:
+        """The plan from ``start`` stages everywhere (None if that does not fit): each step
+        adds the stage that removes the most error per byte; linear in the tensors a step."""
+        names = list(err[start])
+        p = dict.fromkeys(names, start)
+        top = start  # the largest stage count in use: the number of codebooks
+        used = fixed + sum(size[start].values()) + cb * top
+        if used > budget:
+            return None
+        while True:
+            best: tuple[float, str, int, float] | None = None
+            for n in names:
+                cur = p[n]
+                if cur == counts[-1]:
+                    continue
+                nxt = counts[counts.index(cur) + 1]
+                cost = used + size[nxt][n] - size[cur][n] + cb * max(0, nxt - top)
+                gain = err[cur][n] - err[nxt][n]
+                if cost <= budget and gain > 0:
+                    per = gain / max(cost - used, 1.0)
+                    if best is None or per > best[0]:
+                        best = (per, n, nxt, cost)
+            if best is None:
+                return p
+            _, n, nxt, used = best
+            p[n] = nxt
+            top = max(top, nxt)
+
+    plans = [greedy(start) for start in counts]
     fits = [p for p in plans if p is not None] or [dict.fromkeys(err[counts[0]], counts[0])]
     return min(fits, key=lambda p: sum(err[s][n] for n, s in p.items()))
-
-
-def _greedy(
-    err: dict[int, dict[str, float]],
-    size: dict[int, dict[str, int]],
-    counts: list[int],
-    fixed: float,
-    cb: int,
-    budget: float,
-    start: int,
-) -> dict[str, int] | None:
-    """:func:`_stage_plan` from ``start`` stages everywhere (None if that does not fit): each
-    step adds the stage that removes the most error per byte. Linear in the tensors a step."""
-    names = list(err[start])
-    p = dict.fromkeys(names, start)
-    top = start  # the largest stage count in use: the number of codebooks
-    used = fixed + sum(size[start].values()) + cb * top
-    if used > budget:
-        return None
-    while True:
-        best: tuple[float, str, int, float] | None = None
-        for n in names:
-            cur = p[n]
-            if cur == counts[-1]:
-                continue
-            nxt = counts[counts.index(cur) + 1]
-            cost = used + size[nxt][n] - size[cur][n] + cb * max(0, nxt - top)
-            gain = err[cur][n] - err[nxt][n]
-            if cost <= budget and gain > 0:
-                per = gain / max(cost - used, 1.0)
-                if best is None or per > best[0]:
-                    best = (per, n, nxt, cost)
-        if best is None:
-            return p
-        _, n, nxt, used = best
-        p[n] = nxt
-        top = max(top, nxt)
 
 
 def _allocate(trials: _Trials, ratio: float) -> None:
     """Per-tensor stages for ``target_ratio``. For each block shape tried with several uniform
     stage counts, the reports give every tensor's relative MSE and stored bytes at each count.
-    Starting from the fewest stages everywhere, the plan repeatedly adds the stage that removes
-    the most relative error per byte (a codebook counted when a tensor gets more stages than
+    Starting from uniform stage counts (see :func:`_stage_plan`), the plan repeatedly adds the
+    stage that removes the most relative error per byte (a codebook counted when a tensor gets more stages than
     any before it) while the estimated file (index bytes, codebooks, and what the uniform file holds
     besides) stays within the budget of ``ratio``: the classic greedy bit allocation for the
     sum of the tensors' relative errors. The plan is saved; when the real file misses the
