@@ -10,8 +10,9 @@ the model's metrics, and the time to compress. Classifiers: top-1 accuracy, top-
 the fp32 model, KL(fp32 || compressed) of the logits. MiniLM: retrieval top-1 and MRR of 1,000
 WordNet glosses against their nouns, and the mean cosine of each embedding to its fp32 one.
 
-Baselines in the same table, same model, same tensors (the policy that keeps tensors fp32 for
-legofmt keeps the same ones fp32 for them), sizes counted as packed values plus their scales or
+Baselines in the same table, same model: they quantize the tensors of legofmt's shared
+codebooks and keep the rest fp32 (legofmt stores the sensitive ones, depthwise and small
+tensors, in an 8-bit codebook of their own), sizes counted as packed values plus their scales or
 codebooks with no file overhead (slightly in their favour): per-channel symmetric int8 and
 int4; Q4_0-style (blocks of 32 weights, one f16 scale, 4-bit codes) and NF4-style (blocks of
 64, f16 absmax, 4-bit normal-float levels); scalar k-means per tensor, Deep Compression style
@@ -45,7 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import fixtures
 import legofmt
-from legofmt._policy import decide
+from legofmt._policy import SHARED, decide
 from legofmt._report import _option_text
 
 
@@ -98,7 +99,8 @@ NF4_LEVELS = torch.tensor(
 
 
 def _targets(model: Any) -> list[tuple[str, torch.Tensor]]:
-    """The tensors the default legofmt policy clusters (the baselines quantize the same ones)."""
+    """The tensors of the default policy's shared codebooks (the baselines quantize the same
+    ones and keep the rest fp32, as before sensitive tensors got their own 8-bit codebook)."""
     out = []
     for name, t in model.state_dict().items():
         dec = decide(
@@ -108,7 +110,7 @@ def _targets(model: Any) -> list[tuple[str, torch.Tensor]]:
             block=legofmt._api.DEFAULT_BLOCK,
             min_size=legofmt._api.DEFAULT_MIN_SIZE,
         )
-        if dec.cluster:
+        if dec.target == SHARED:
             out.append((name, t))
     return out
 
