@@ -20,9 +20,9 @@ def test_max_error_picks_the_smallest_file_meeting_it(tmp_path, model):
     r = legofmt.save(model, path, max_error=0.02, progress=False)
     assert r.max_rel_mse <= 0.02
     assert os.path.getsize(path) == r.file_bytes
-    # Every built-in candidate with k=256 and k=64, then per-tensor refinements of those that
-    # missed the bound.
-    builtin = [{**c, "k": k} for k in (256, 64) for c in legofmt._target.CANDIDATES]
+    # Every built-in candidate with the given k (no k/4 ones: those are for target_ratio),
+    # then per-tensor refinements of those that missed the bound.
+    builtin = [{**c, "k": 256} for c in legofmt._target.CANDIDATES]
     assert [c.options for c in r.search[: len(builtin)]] == builtin
     refined = r.search[len(builtin) :]
     for c in refined:
