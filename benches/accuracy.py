@@ -329,11 +329,13 @@ def main() -> None:
             "stages": 1,
             "codebook": "tensor",
         },
+        {"label": "1x4, k=64, 3 stages, row scales", "k": 64, "block": (1, 4), "stages": 3},
         {"label": "2x4, k=64, 1 stage, row-RMS scales", "k": 64, "block": (2, 4), "stages": 1, "scale": "row-rms"},
         {"label": "defaults with sensitive tensors raw (before)", "sensitive": "raw"},
         {"label": "**defaults**: 2x2, k=256, 3 stages, row scales"},
         # Target mode at issue 5's ratio for this model: block shape and per-tensor stages searched.
         {"label": "target mode", "target_ratio": {"mnist": 32, "effnet": 8, "minilm": 8}[a.model]},
+        {"label": "target mode", "max_error": 0.01},
     ]
     # The data-aware mode (legofmt.finetune: codebooks and scales distilled on calibration
     # inputs), on the settings where data-free clustering loses the most.
@@ -360,8 +362,13 @@ def main() -> None:
         configs.append({"label": "data-aware: " + ", ".join(parts) + ", row scales + finetune", "finetune": True, **c})
     if a.model == "mnist":  # rows divided by their RMS (scale="row-rms"): see the README, "Defaults"
         rms = {"k": 256, "block": (4, 4), "stages": 1, "scale": "row-rms"}
-        configs.insert(-len(aware) - 1, {"label": "4x4, k=256, 1 stage, row-RMS scales", **rms})
+        configs.insert(-len(aware) - 2, {"label": "4x4, k=256, 1 stage, row-RMS scales", **rms})
+        rms8 = {"k": 128, "block": (1, 8), "stages": 1, "scale": "row-rms"}
+        configs.insert(-len(aware) - 2, {"label": "1x8, k=128, 1 stage, row-RMS scales", **rms8})
         configs.append({"label": "data-aware: 4x4, k=256, 1 stage, row-RMS scales + finetune", "finetune": True, **rms})
+        rms64 = {"k": 64, "block": (2, 4), "stages": 1, "scale": "row-rms"}
+        label64 = "data-aware: 2x4, k=64, 1 stage, row-RMS scales + finetune"
+        configs.append({"label": label64, "finetune": True, **rms64})
     if a.model == "minilm":  # issue 5's 8x with data: the target-mode file, then finetune
         configs.append({"label": "data-aware: target mode + finetune", "target_ratio": 8, "finetune": True})
     base = task.metrics(task.make())
@@ -406,9 +413,8 @@ def main() -> None:
             label = c["label"]
             if report.search:  # target mode: say what it chose
                 chosen = next(x for x in report.search if x.chosen).options
-                label = f"{label}, target_ratio={c['target_ratio']}: " + ", ".join(
-                    _option_text(k, v) for k, v in chosen.items()
-                )
+                goal = "target_ratio" if "target_ratio" in c else "max_error"
+                label = f"{label}, {goal}={c[goal]}: " + ", ".join(_option_text(k, v) for k, v in chosen.items())
             row(label, os.path.getsize(path), m, secs)  # finetune's metadata note included
     if a.plot:
         import matplotlib
