@@ -362,9 +362,12 @@ def main() -> None:
         configs.append({"label": "data-aware: " + ", ".join(parts) + ", row scales + finetune", "finetune": True, **c})
     if a.model == "mnist":  # rows divided by their RMS (scale="row-rms"): see the README, "Defaults"
         rms = {"k": 256, "block": (4, 4), "stages": 1, "scale": "row-rms"}
-        configs.insert(-len(aware) - 2, {"label": "4x4, k=256, 1 stage, row-RMS scales", **rms})
         rms8 = {"k": 128, "block": (1, 8), "stages": 1, "scale": "row-rms"}
-        configs.insert(-len(aware) - 2, {"label": "1x8, k=128, 1 stage, row-RMS scales", **rms8})
+        at = next(i for i, c in enumerate(configs) if c["label"] == "target mode")  # before the target rows
+        configs[at:at] = [
+            {"label": "4x4, k=256, 1 stage, row-RMS scales", **rms},
+            {"label": "1x8, k=128, 1 stage, row-RMS scales", **rms8},
+        ]
         configs.append({"label": "data-aware: 4x4, k=256, 1 stage, row-RMS scales + finetune", "finetune": True, **rms})
         rms64 = {"k": 64, "block": (2, 4), "stages": 1, "scale": "row-rms"}
         label64 = "data-aware: 2x4, k=64, 1 stage, row-RMS scales + finetune"

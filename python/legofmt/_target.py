@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from ._api import MAX_STAGES
+from ._api import DEFAULT_K, MAX_STAGES
 from ._report import Candidate, SaveReport
 from .errors import InvalidArgumentError
 
@@ -64,10 +64,11 @@ CANDIDATES: list[dict[str, Any]] = [
 SMALL_K_DIVISOR = 4
 
 
-def _with_k(cands: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
-    """The built-in candidates with ``k`` and, where it is at least 16, ``k // SMALL_K_DIVISOR``."""
+def _with_k(cands: list[dict[str, Any]], k: int, small_k: bool) -> list[dict[str, Any]]:
+    """The built-in candidates with ``k`` and, if ``small_k`` and it is at least 16,
+    ``k // SMALL_K_DIVISOR``."""
     small = k // SMALL_K_DIVISOR
-    ks = [k] + ([small] if small >= 16 else [])
+    ks = [k] + ([small] if small_k and small >= 16 else [])
     return [{**c, "k": kk} for kk in ks for c in cands]
 
 
@@ -182,7 +183,7 @@ def _allocate(trials: _Trials, ratio: float) -> None:
     shapes: dict[tuple[tuple[int, int], int], dict[int, SaveReport]] = {}
     for c, r, _ in trials.tried:
         if isinstance(c.get("stages"), int) and "block" in c:
-            k = int(c.get("k", trials.options.get("k", 256)))
+            k = int(c.get("k", trials.options.get("k", DEFAULT_K)))
             shapes.setdefault((tuple(c["block"]), k), {})[c["stages"]] = r
     for (block, k), by_count in shapes.items():
         counts = sorted(by_count)
@@ -244,13 +245,10 @@ def search(
         raise InvalidArgumentError(
             f"{' and '.join(sorted(fixed))} cannot be combined with target_ratio/max_error: the search chooses them"
         )
-    k = int(options.get("k", 256))
-    if candidates is not None:
-        cands = candidates
-    elif ratio is not None:
-        cands = _with_k(CANDIDATES, k)
+    if candidates is None:
+        cands = _with_k(CANDIDATES, int(options.get("k", DEFAULT_K)), small_k=ratio is not None)
     else:
-        cands = [{**c, "k": k} for c in CANDIDATES]
+        cands = candidates
     if not cands:
         raise InvalidArgumentError("candidates must not be empty")
     folder = os.path.dirname(os.path.abspath(path))
