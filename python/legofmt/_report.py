@@ -98,6 +98,11 @@ class SaveReport:
     codebooks: list[dict[str, Any]] = field(default_factory=list)
     search: list[Candidate] = field(default_factory=list)
     """With ``target_ratio=`` or ``max_error=``: every configuration tried (see :class:`Candidate`)."""
+    bias_corrected: dict[str, str] = field(default_factory=dict)
+    """Raw tensors (biases, batch-norm running means) moved by bias correction, each with the
+    clustered weight whose mean shift it cancels (see :mod:`legofmt._bias`)."""
+    bias_note: str = ""
+    """Why bias correction changed nothing, when it did not ("off", "not traceable ...", ...)."""
 
     @property
     def ratio(self) -> float:

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from ._api import DEFAULT_K, MAX_STAGES
+from ._api import DEFAULT_K, MAX_STAGES, _bias_wanted, _finish, _with_reasons
 from ._report import Candidate, SaveReport
 from .errors import InvalidArgumentError
 
@@ -251,6 +251,11 @@ def search(
         cands = candidates
     if not cands:
         raise InvalidArgumentError("candidates must not be empty")
+    # Bias correction does not change the weights' errors that rank the candidates: it is
+    # applied once, to the chosen file.
+    wanted = options.pop("bias_correction", None)
+    _bias_wanted(obj, wanted)
+    options["bias_correction"] = False
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InvalidArgumentError(f"{path}: the folder {folder} does not exist")
@@ -279,7 +284,7 @@ def search(
             best = min(at_ratio, key=lambda t: t[1].max_rel_mse)
         else:
             best = min(tried, key=lambda t: t[1].max_rel_mse)
-        os.replace(best[2], path)
+        corrected, note = _finish(obj, wanted, best[2], path, best[1].tensors)
 
     # Pareto front in (ratio, the error the choice was made on).
     def score(r: SaveReport) -> float:
@@ -307,12 +312,14 @@ def search(
     b = best[1]
     return SaveReport(
         path=os.fspath(path),
-        file_bytes=b.file_bytes,
+        file_bytes=os.path.getsize(path),
         fp32_bytes=b.fp32_bytes,
         source_bytes=b.source_bytes,
         numel=b.numel,
         seconds=sum(r.seconds for _, r, _ in tried),
-        tensors=b.tensors,
+        tensors=_with_reasons(b.tensors, corrected),
         codebooks=b.codebooks,
         search=table,
+        bias_corrected=corrected,
+        bias_note=note,
     )
