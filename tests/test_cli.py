@@ -93,6 +93,23 @@ def test_compress_sensitive_raw(tmp_path):
         assert [t.encoding for t in legofmt.info(tmp_path / "d.lgn").tensors] == [encoding]
 
 
+def test_compress_outliers(tmp_path):
+    """--outliers keeps the largest elements exact (format 2.0); info and verify read it."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(128, 64, generator=g)
+    w[5, 7] = 40.0
+    save_file({"w": w}, tmp_path / "w.safetensors")
+    out = run("compress", tmp_path / "w.safetensors", "-o", tmp_path / "w.lgn", "-q", "--outliers", "0.001")
+    assert out.returncode == 0, out.stderr
+    assert legofmt.info(tmp_path / "w.lgn").tensors[0].outliers == 8
+    assert legofmt.load(tmp_path / "w.lgn")["w"][5, 7] == 40.0
+    info = run("info", tmp_path / "w.lgn")
+    assert info.returncode == 0 and "2.0" in info.stdout, info.stdout
+    assert run("verify", tmp_path / "w.lgn").returncode == 0
+    bad = run("compress", tmp_path / "w.safetensors", "-o", tmp_path / "x.lgn", "-q", "--outliers", "2")
+    assert bad.returncode != 0 and "outliers" in bad.stderr and not (tmp_path / "x.lgn").exists()
+
+
 def test_verify_detects_corruption(tmp_path, state):
     legofmt.save(state, tmp_path / "m.lgn", k=16)
     data = bytearray((tmp_path / "m.lgn").read_bytes())

@@ -38,7 +38,10 @@ DEFAULT_MIN_SIZE = 4096
 #: ``min_size``): 1x1 blocks, k=256, one stage, row scales, i.e. an 8-bit non-uniform scalar
 #: code per row. On EfficientNet-Lite0 it takes the defaults from 4.10x to 4.65x at the same
 #: 100% agreement, where 4-bit codes (k=16, or 1x2 blocks) for these tensors cost 48-55 points.
-DEFAULT_SENSITIVE: dict[str, Any] = {"block": (1, 1), "k": 256, "stages": 1, "scale": "row"}
+DEFAULT_SENSITIVE: dict[str, Any] = {"block": (1, 1), "k": 256, "stages": 1, "scale": "row", "outliers": 0.0}
+
+#: Largest ``outliers`` fraction (the format stores each outlier in 8 bytes).
+MAX_OUTLIERS = 0.5
 
 #: Options accepted by :func:`save` besides ``k``, ``block`` and ``seed``.
 SAVE_OPTIONS: dict[str, str] = {
@@ -56,6 +59,10 @@ SAVE_OPTIONS: dict[str, str] = {
         "block/k/stages/scale (default 1x1 blocks, k=256, 1 stage, row scales: 8 bits a weight) or 'raw'"
     ),
     "codebook": "'global' (default): one codebook per stage shared by all tensors; 'tensor': one per tensor",
+    "outliers": (
+        "fraction (0..0.5) of each shared-codebook tensor's elements stored exactly, those largest relative "
+        "to their row's RMS, 8 bytes each; they are zero for clustering (default 0; > 0 writes format 2.0)"
+    ),
     "batch_size": "k-means mini-batch size",
     "max_iter": "k-means iteration budget",
     "metadata": "dict of str -> str stored in the file's __metadata__",
@@ -119,6 +126,13 @@ def _checked_k_block(k: Any, block: Any, what: str = "") -> tuple[int, tuple[int
     return k, (int(block[0]), int(block[1]))
 
 
+def _checked_outliers(value: Any, what: str = "") -> float:
+    """The ``outliers`` fraction, checked; ``what`` prefixes the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_OUTLIERS:
+        raise InvalidArgumentError(f"{what}outliers must be a fraction in 0..{MAX_OUTLIERS}, got {value!r}")
+    return float(value)
+
+
 def _sensitive_group(value: Any) -> dict[str, Any] | None:
     """The codebook group of the sensitive tensors (``None``: they stay raw), checked."""
     if isinstance(value, str) and value == "raw":
@@ -132,6 +146,7 @@ def _sensitive_group(value: Any) -> dict[str, Any] | None:
         )
     group = {**DEFAULT_SENSITIVE, **value}
     _, group["block"] = _checked_k_block(group["k"], group["block"], "sensitive: ")
+    group["outliers"] = _checked_outliers(group["outliers"], "sensitive: ")
     stages = group["stages"]
     if isinstance(stages, bool) or not isinstance(stages, int) or not 1 <= stages <= MAX_STAGES:
         raise InvalidArgumentError(f"sensitive: stages must be an int in 1..{MAX_STAGES}, got {stages!r}")
@@ -241,7 +256,7 @@ def save(
     if codebook not in ("global", "tensor"):
         raise InvalidArgumentError(f"codebook must be 'global' or 'tensor', got {codebook!r}")
     stages_of = [_stages_for(n, stages) for n, _, _, _ in items]
-    spec = {"k": k, "block": (bh, bw), "scale": scale}
+    spec = {"k": k, "block": (bh, bw), "scale": scale, "outliers": _checked_outliers(options.get("outliers", 0.0))}
     if codebook == "global":
         # One group: stage s has one codebook, shared by every tensor with more than s stages
         # (nested stages), so a tensor given fewer stages adds no codebook.
@@ -295,6 +310,7 @@ def save(
             index_bits=t["index_bits"],
             rel_mse=t["rel_mse"],
             max_abs_err=t["max_abs_err"],
+            outliers=t["outliers"],
             reason=dec.reason,
             codebook="" if dec.target == RAW else dec.target,
         )
@@ -563,6 +579,7 @@ class LgnReader:
                     block=tuple(t["block"]) if t["block"] else None,
                     scale=t["scale"],
                     codebooks=tuple(t["codebooks"]),
+                    outliers=t["outliers"],
                 )
                 for t in d["tensors"]
             ],

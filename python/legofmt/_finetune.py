@@ -143,6 +143,12 @@ class _Clustered:
             idx = _legofmt.unpack_indices(packed, cb["bits"], n)
             self.stages.append((st["codebook"], torch.from_numpy(idx.astype(np.int64))))
         self.scale = entry.get("scale")
+        # Format 2.0: elements stored exactly, which replace the reconstruction (not tuned).
+        self.outliers: tuple[torch.Tensor, torch.Tensor] | None = None
+        if entry.get("outliers"):
+            o = entry["outliers"]
+            pos = torch.from_numpy(stored.get_tensor(o["indices"]).numpy().astype(np.int64))
+            self.outliers = (pos, stored.get_tensor(o["values"]).float())
 
     def weight(self, codebooks: Sequence[torch.Tensor], scales: dict[str, torch.Tensor]) -> torch.Tensor:
         acc = None
@@ -155,6 +161,9 @@ class _Clustered:
         if self.scale is not None:
             s = scales[self.scale["tensor"]]
             w = w * (s[:, None] if self.scale["mode"] == "row" else s[0])
+        if self.outliers is not None:
+            pos, values = self.outliers
+            w = w.reshape(-1).index_put((pos,), values)
         return w.reshape(self.shape)
 
 

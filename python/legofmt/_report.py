@@ -36,6 +36,8 @@ class TensorReport:
     rel_mse: float
     """``sum((x - x')**2) / sum(x**2)`` of the decoded tensor (0 for raw tensors)."""
     max_abs_err: float
+    outliers: int = 0
+    """Elements stored exactly (the ``outliers`` option of :func:`legofmt.save`; format 2.0)."""
     reason: str = ""
     """Why the policy clustered it or kept it raw."""
     codebook: str = ""
@@ -151,7 +153,11 @@ class SaveReport:
             ]
             for t in self.tensors
         ]
-        table = _table(["tensor", "dtype", "shape", "encoding", "bits/block", "stored", "rel. MSE"], rows)
+        headers = ["tensor", "dtype", "shape", "encoding", "bits/block", "stored", "rel. MSE"]
+        if any(t.outliers for t in self.tensors):
+            headers.append("outliers")
+            rows = [[*r, str(t.outliers) if t.clustered else "-"] for r, t in zip(rows, self.tensors)]
+        table = _table(headers, rows)
         return f"{table}\n{self.summary()}"
 
 
@@ -176,6 +182,8 @@ class TensorInfo:
     block: tuple[int, int] | None
     scale: str | None
     codebooks: tuple[int, ...]
+    outliers: int = 0
+    """Elements stored exactly (format 2.0)."""
 
     @property
     def numel(self) -> int:
@@ -236,7 +244,11 @@ class FileInfo:
             ]
             for t in self.tensors
         ]
-        head = _table(["tensor", "dtype", "shape", "encoding", "block", "scale", "bits/block", "stored"], rows)
+        headers = ["tensor", "dtype", "shape", "encoding", "block", "scale", "bits/block", "stored"]
+        if any(t.outliers for t in self.tensors):
+            headers.append("outliers")
+            rows = [[*r, str(t.outliers) if t.encoding == "clustered" else "-"] for r, t in zip(rows, self.tensors)]
+        head = _table(headers, rows)
         cbs = ", ".join(
             f"#{i}: k={c['k']} ({c['bits']} bits) {c['block'][0]}x{c['block'][1]} {_fmt_bytes(c['stored_bytes'])}"
             for i, c in enumerate(self.codebooks)

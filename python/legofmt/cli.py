@@ -99,6 +99,8 @@ def cmd_compress(a: argparse.Namespace) -> int:
         options["sensitive"] = "raw"
     if a.raw:
         options["raw"] = a.raw
+    if a.outliers is not None:
+        options["outliers"] = a.outliers
     report = save(state, a.output, k=a.k, block=a.block, seed=a.seed, **options)
     if report.search:
         print(search_table(report.search))
@@ -179,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sensitive-raw",
         action="store_true",
         help="store depthwise and small tensors raw instead of in their own 8-bit codebook",
+    )
+    c.add_argument(
+        "--outliers",
+        type=float,
+        metavar="FRACTION",
+        help="fraction of each clustered tensor's elements kept exact (e.g. 0.001; writes format 2.0)",
     )
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

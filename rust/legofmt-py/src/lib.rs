@@ -115,12 +115,17 @@ fn parse_group(g: &Bound<'_, PyDict>) -> PyResult<GroupSpec> {
     let stages: usize = get("stages")?.extract()?;
     let scale: String = get("scale")?.extract()?;
     let (scale, scale_stat) = legofmt::scale::parse_option(&scale).map_err(to_py)?;
+    let outliers: f64 = match g.get_item("outliers")? {
+        Some(v) if !v.is_none() => v.extract()?,
+        _ => 0.0,
+    };
     Ok(GroupSpec {
         k,
         block: BlockShape::new(bh, bw).map_err(to_py)?,
         stages,
         scale,
         scale_stat,
+        outliers,
     })
 }
 
@@ -142,6 +147,7 @@ fn report_to_dict<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'py, PyDic
         e.set_item("index_bits", t.index_bits)?;
         e.set_item("rel_mse", t.rel_mse)?;
         e.set_item("max_abs_err", t.max_abs_err)?;
+        e.set_item("outliers", t.outliers)?;
         tensors.append(e)?;
     }
     d.set_item("tensors", tensors)?;
@@ -430,6 +436,7 @@ impl Reader {
                 match &t.layout {
                     Layout::Raw { stored: i } => {
                         e.set_item("encoding", "raw")?;
+                        e.set_item("outliers", 0)?;
                         e.set_item("stored_bytes", stored[*i].end - stored[*i].begin)?;
                         e.set_item("index_bits", 0)?;
                         e.set_item("block", py.None())?;
@@ -440,6 +447,7 @@ impl Reader {
                         grid,
                         stages,
                         scale,
+                        outliers,
                     } => {
                         e.set_item("encoding", "clustered")?;
                         let mut bytes = 0usize;
@@ -451,6 +459,13 @@ impl Reader {
                         if let Some((_, si)) = scale {
                             bytes += stored[*si].end - stored[*si].begin;
                         }
+                        let mut n_outliers = 0;
+                        if let Some((ii, vi)) = outliers {
+                            bytes += stored[*ii].end - stored[*ii].begin;
+                            bytes += stored[*vi].end - stored[*vi].begin;
+                            n_outliers = stored[*ii].numel();
+                        }
+                        e.set_item("outliers", n_outliers)?;
                         e.set_item("stored_bytes", bytes)?;
                         e.set_item("index_bits", bits)?;
                         e.set_item("block", (grid.block.bh, grid.block.bw))?;

@@ -15,9 +15,10 @@ use crate::bitpack;
 use crate::blocks::{extract, BlockShape, Grid};
 use crate::dtype::{float_bytes_to_f32, Dtype};
 use crate::error::{LgnError, Result};
-use crate::format::decode::{decode_rows, StageParts};
+use crate::format::decode::{apply_outliers, decode_rows, StageParts};
 use crate::format::manifest::{
-    self, CodebookEntry, Encoding, Manifest, ScaleEntry, StageEntry, TensorEntry, MAX_STAGES,
+    self, CodebookEntry, Encoding, Manifest, OutliersEntry, OutliersMember, ScaleEntry, StageEntry,
+    TensorEntry, MAX_STAGES,
 };
 use crate::format::writer::{self, Piece};
 use crate::kmeans::{self, KMeansParams, Progress as KProgress};
@@ -25,6 +26,8 @@ use crate::scale::{self, ScaleMode, ScaleStat, Scales};
 
 /// Largest accepted k.
 pub const MAX_K: usize = 65536;
+/// Largest accepted outlier fraction.
+pub const MAX_OUTLIER_FRACTION: f64 = 0.5;
 
 /// The clustering settings of one codebook group.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +42,9 @@ pub struct GroupSpec {
     pub scale: ScaleMode,
     /// What rows (or the tensor) are divided by before clustering.
     pub scale_stat: ScaleStat,
+    /// Fraction of each member's elements stored exactly as outliers (format 2.0), `0..=0.5`;
+    /// 0 for none. See [`select_outliers`].
+    pub outliers: f64,
 }
 
 impl GroupSpec {
@@ -54,6 +60,15 @@ impl GroupSpec {
             return Err(LgnError::invalid(
                 "stages",
                 format!("must be in 1..={MAX_STAGES}, got {}", self.stages),
+            ));
+        }
+        if !(0.0..=MAX_OUTLIER_FRACTION).contains(&self.outliers) {
+            return Err(LgnError::invalid(
+                "outliers",
+                format!(
+                    "must be a fraction in 0..={MAX_OUTLIER_FRACTION}, got {}",
+                    self.outliers
+                ),
             ));
         }
         Ok(())
@@ -128,6 +143,8 @@ pub struct TensorReport {
     pub rel_mse: f64,
     /// Largest absolute error.
     pub max_abs_err: f64,
+    /// Elements stored exactly as outliers.
+    pub outliers: usize,
 }
 
 /// The outcome of a compression run.
@@ -278,6 +295,54 @@ struct Member {
     grid: Grid,
     scales: Option<Scales>,
     first_block: usize,
+    outliers: Outliers,
+}
+
+/// Outlier positions (increasing) and their exact values.
+type Outliers = (Vec<u32>, Vec<f32>);
+
+/// The `floor(fraction * numel)` elements of the row-major `rows x cols` matrix `x` that are
+/// largest relative to their row: by `|x| / rms(row)`, ties broken by the lower position;
+/// returned in increasing order. Those are the weights a shared codebook serves worst (a
+/// codebook fitted by squared error spends no codeword on a handful of extreme values, and
+/// with row scales an extreme value also squeezes the rest of its row). None for tensors of
+/// more than `2^32` elements (positions are stored as U32).
+pub fn select_outliers(x: &[f32], rows: usize, cols: usize, fraction: f64) -> Vec<u32> {
+    let numel = x.len();
+    debug_assert_eq!(numel, rows * cols);
+    let n = ((fraction * numel as f64).floor() as usize).min(numel);
+    if n == 0 || numel > u32::MAX as usize + 1 {
+        return Vec::new();
+    }
+    let mut score = vec![0f32; numel];
+    for (r, row) in x.chunks_exact(cols.max(1)).enumerate().take(rows) {
+        let ms = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            / cols as f64;
+        let inv = if ms > 0.0 { 1.0 / ms.sqrt() } else { 0.0 };
+        for (o, &v) in score[r * cols..(r + 1) * cols].iter_mut().zip(row) {
+            *o = (f64::from(v.abs()) * inv) as f32;
+        }
+    }
+    // The n-th largest score; then everything above it, and ties at it by position.
+    let mut tmp = score.clone();
+    let (_, &mut thr, _) = tmp.select_nth_unstable_by(numel - n, |a, b| a.total_cmp(b));
+    drop(tmp);
+    let above = score.iter().filter(|&&v| v > thr).count();
+    let mut ties = n - above;
+    let mut out = Vec::with_capacity(n);
+    for (p, &v) in score.iter().enumerate() {
+        if v > thr || (v == thr && ties > 0) {
+            if v == thr {
+                ties -= 1;
+            }
+            out.push(p as u32);
+        }
+    }
+    debug_assert_eq!(out.len(), n);
+    out
 }
 
 /// Result of clustering one stage of one group.
@@ -357,8 +422,9 @@ fn cluster(
     })
 }
 
-/// A clustered tensor before layout: stage codebook ids, packed indices per stage, scales, grid.
-type Encoded = (Vec<usize>, Vec<Vec<u8>>, Option<Scales>, Grid);
+/// A clustered tensor before layout: stage codebook ids, packed indices per stage, scales,
+/// grid, outliers.
+type Encoded = (Vec<usize>, Vec<Vec<u8>>, Option<Scales>, Grid, Outliers);
 
 /// Runs the pipeline over `inputs` (borrowed; raw tensors are written from them without copies).
 pub fn compress<'a>(
@@ -407,6 +473,7 @@ pub fn compress<'a>(
                 grid,
                 scales: None,
                 first_block: n_blocks,
+                outliers: (Vec::new(), Vec::new()),
             });
             n_blocks += grid.n_blocks();
         }
@@ -418,7 +485,7 @@ pub fn compress<'a>(
                 done: mi,
                 total: member_inputs.len(),
             })?;
-            let x = to_f32(t);
+            let mut x = to_f32(t);
             if let Some(p) = x.iter().position(|v| !v.is_finite()) {
                 return Err(LgnError::invalid(
                     "data",
@@ -428,6 +495,13 @@ pub fn compress<'a>(
                     ),
                 ));
             }
+            // Outliers are stored exactly: they are zero for scaling and clustering.
+            let pos = select_outliers(&x, m.grid.rows, m.grid.cols, spec.outliers);
+            let vals = pos.iter().map(|&p| x[p as usize]).collect();
+            for &p in &pos {
+                x[p as usize] = 0.0;
+            }
+            m.outliers = (pos, vals);
             m.scales = scale::compute(&x, m.grid.rows, m.grid.cols, spec.scale, spec.scale_stat);
             let mul = m.scales.as_ref().map(|s| s.row_multipliers(m.grid.rows));
             let out = &mut data[m.first_block * dim..(m.first_block + m.grid.n_blocks()) * dim];
@@ -490,7 +564,7 @@ pub fn compress<'a>(
                 .map(|(&id, a)| bitpack::pack(&a[range.clone()], manifest.codebooks[id].bits))
                 .collect::<Result<Vec<_>>>()?;
             let ids = stage_ids[..m.stages].to_vec();
-            clustered.insert(m.input, (ids, packed, m.scales, m.grid));
+            clustered.insert(m.input, (ids, packed, m.scales, m.grid, m.outliers));
         }
     }
 
@@ -508,7 +582,7 @@ pub fn compress<'a>(
         })
         .collect();
     for (i, t) in inputs.iter().enumerate() {
-        let Some((ids, packed, scales, grid)) = clustered.remove(&i) else {
+        let Some((ids, packed, scales, grid, (opos, oval))) = clustered.remove(&i) else {
             manifest.tensors.push(TensorEntry {
                 name: t.name.clone(),
                 dtype: t.dtype.name().into(),
@@ -524,6 +598,7 @@ pub fn compress<'a>(
                 index_bits: 0,
                 rel_mse: 0.0,
                 max_abs_err: 0.0,
+                outliers: 0,
             });
             continue;
         };
@@ -547,7 +622,13 @@ pub fn compress<'a>(
             Some(s) => {
                 let mut q = vec![0f32; x.len()];
                 decode_rows(&t.name, &grid, &parts, &[], 0, grid.rows, &mut q)?;
-                Some(s.refit(&x, &q, grid.rows))
+                // Outliers are overwritten when decoding: they take no part in the fit.
+                let mut xz = Cow::Borrowed(&x[..]);
+                for &p in &opos {
+                    xz.to_mut()[p as usize] = 0.0;
+                    q[p as usize] = 0.0;
+                }
+                Some(s.refit(&xz, &q, grid.rows))
             }
             None => None,
         };
@@ -557,8 +638,34 @@ pub fn compress<'a>(
             &grid,
             &parts,
             scales.as_ref().map_or(&[][..], |s| &s.values),
+            (&opos, &oval),
         )?;
         let mut stored_bytes = 0u64;
+        let n_outliers = opos.len();
+        let outliers = if opos.is_empty() {
+            None
+        } else {
+            let (iname, vname) = (
+                manifest::outlier_index_name(&t.name),
+                manifest::outlier_value_name(&t.name),
+            );
+            let ib: Vec<u8> = opos.iter().flat_map(|p| p.to_le_bytes()).collect();
+            let vb: Vec<u8> = oval.iter().flat_map(|v| v.to_le_bytes()).collect();
+            stored_bytes += (ib.len() + vb.len()) as u64;
+            for (name, dtype, data) in [(&iname, Dtype::U32, ib), (&vname, Dtype::F32, vb)] {
+                pieces.push(Piece {
+                    name: name.clone(),
+                    dtype,
+                    shape: vec![n_outliers],
+                    data: Cow::Owned(data),
+                    pad_to_8: false,
+                });
+            }
+            Some(OutliersMember::Entry(OutliersEntry {
+                indices: iname,
+                values: vname,
+            }))
+        };
         let scale_entry = scales.map(|s| {
             let name = manifest::scale_name(&t.name);
             let bytes = s.to_bytes();
@@ -605,6 +712,7 @@ pub fn compress<'a>(
             encoding: Encoding::Clustered {
                 stages,
                 scale: scale_entry,
+                outliers,
             },
         });
         reports.push(TensorReport {
@@ -616,6 +724,7 @@ pub fn compress<'a>(
             index_bits,
             rel_mse,
             max_abs_err,
+            outliers: n_outliers,
         });
     }
     let mut raw: Vec<usize> = (0..inputs.len())
@@ -661,18 +770,24 @@ fn measure(
     grid: &Grid,
     parts: &[StageParts<'_>],
     scales: &[f32],
+    (opos, oval): (&[u32], &[f32]),
 ) -> Result<(f64, f64)> {
     let mut y = vec![0f32; x.len()];
     match t.dtype {
-        Dtype::F32 => decode_rows(&t.name, grid, parts, scales, 0, grid.rows, &mut y)?,
+        Dtype::F32 => {
+            decode_rows(&t.name, grid, parts, scales, 0, grid.rows, &mut y)?;
+            apply_outliers(opos, oval, grid.cols, 0..grid.rows, &mut y);
+        }
         Dtype::F16 => {
             let mut h = vec![half::f16::ZERO; x.len()];
             decode_rows(&t.name, grid, parts, scales, 0, grid.rows, &mut h)?;
+            apply_outliers(opos, oval, grid.cols, 0..grid.rows, &mut h);
             y.iter_mut().zip(&h).for_each(|(o, v)| *o = v.to_f32());
         }
         Dtype::BF16 => {
             let mut h = vec![half::bf16::ZERO; x.len()];
             decode_rows(&t.name, grid, parts, scales, 0, grid.rows, &mut h)?;
+            apply_outliers(opos, oval, grid.cols, 0..grid.rows, &mut h);
             y.iter_mut().zip(&h).for_each(|(o, v)| *o = v.to_f32());
         }
         other => unreachable!("validated clusterable dtype, got {other}"),

@@ -48,11 +48,11 @@ pub enum LgnError {
     },
 
     /// The file was written by a newer, incompatible version of the format.
-    #[error("unsupported .lgn format version {found} (this reader supports major version {supported}); upgrade legofmt")]
+    #[error("unsupported .lgn format version {found} (this reader supports major versions 1 to {supported}); upgrade legofmt")]
     UnsupportedVersion {
         /// The version string found in the file.
         found: String,
-        /// The major version this reader implements.
+        /// The newest major version this reader implements (it reads majors 1 to this).
         supported: u32,
     },
 

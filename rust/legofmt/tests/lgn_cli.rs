@@ -136,6 +136,7 @@ fn write_model(path: &Path) {
                 stages: 1,
                 scale: ScaleMode::Row,
                 scale_stat: legofmt::scale::ScaleStat::AbsMax,
+                outliers: 0.0,
             },
             GroupSpec {
                 k: 8,
@@ -143,6 +144,7 @@ fn write_model(path: &Path) {
                 stages: 2,
                 scale: ScaleMode::Tensor,
                 scale_stat: legofmt::scale::ScaleStat::AbsMax,
+                outliers: 0.0,
             },
         ],
         seed: 7,
@@ -323,6 +325,7 @@ fn verify_rejects_an_index_out_of_range_with_a_valid_checksum() {
             stages: 1,
             scale: ScaleMode::None,
             scale_stat: legofmt::scale::ScaleStat::AbsMax,
+            outliers: 0.0,
         }],
         ..Default::default()
     };

@@ -27,6 +27,7 @@ fn group(stages: usize) -> CompressOptions {
             stages,
             scale: ScaleMode::Row,
             scale_stat: ScaleStat::AbsMax,
+            outliers: 0.0,
         }],
         ..Default::default()
     }

@@ -239,8 +239,15 @@ fn stored_bytes(f: &LgnFile, t: &TensorInfo) -> u64 {
     let len = |i: usize| (st[i].end - st[i].begin) as u64;
     match &t.layout {
         Layout::Raw { stored } => len(*stored),
-        Layout::Clustered { stages, scale, .. } => {
-            stages.iter().map(|&(_, si)| len(si)).sum::<u64>() + scale.map_or(0, |(_, si)| len(si))
+        Layout::Clustered {
+            stages,
+            scale,
+            outliers,
+            ..
+        } => {
+            stages.iter().map(|&(_, si)| len(si)).sum::<u64>()
+                + scale.map_or(0, |(_, si)| len(si))
+                + outliers.map_or(0, |(ii, vi)| len(ii) + len(vi))
         }
     }
 }
@@ -253,6 +260,7 @@ fn encoding(f: &LgnFile, t: &TensorInfo) -> String {
             grid,
             stages,
             scale,
+            outliers,
         } => {
             let cbs: Vec<String> = stages
                 .iter()
@@ -269,6 +277,9 @@ fn encoding(f: &LgnFile, t: &TensorInfo) -> String {
             );
             if let Some((mode, si)) = scale {
                 let _ = write!(s, " scale={}:{}", mode.name(), f.stored()[*si].dtype);
+            }
+            if let Some((ii, _)) = outliers {
+                let _ = write!(s, " outliers={}", f.stored()[*ii].numel());
             }
             s
         }

@@ -240,6 +240,51 @@ pub fn decode_rows_window<T: OutElem>(
     }
 }
 
+/// Checks the outlier positions of a clustered tensor of `numel` elements (format 2.0): strictly
+/// increasing and each `< numel`. `tensor` names the tensor in errors.
+pub fn check_outliers(tensor: &str, numel: usize, indices: &[u32]) -> Result<()> {
+    let field = "outliers.indices";
+    for (m, &p) in indices.iter().enumerate() {
+        if p as usize >= numel {
+            return Err(LgnError::tensor_format(
+                tensor,
+                field,
+                format!("outlier {m}: position {p} is out of range for {numel} elements"),
+            ));
+        }
+        if m > 0 && p <= indices[m - 1] {
+            return Err(LgnError::tensor_format(
+                tensor,
+                field,
+                format!(
+                    "outlier {m}: position {p} follows {}: positions must be strictly increasing",
+                    indices[m - 1]
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the outliers whose positions fall in view rows `rows` into `out`, which holds those
+/// rows (`rows.len() * cols` elements): `out[p - rows.start * cols] = values[m]`, converted to
+/// `T` like every decoded value. `indices` must be sorted (see [`check_outliers`]).
+pub fn apply_outliers<T: OutElem>(
+    indices: &[u32],
+    values: &[f32],
+    cols: usize,
+    rows: std::ops::Range<usize>,
+    out: &mut [T],
+) {
+    debug_assert_eq!(indices.len(), values.len());
+    let (lo, hi) = (rows.start * cols, rows.end * cols);
+    let first = indices.partition_point(|&p| (p as usize) < lo);
+    let last = indices.partition_point(|&p| (p as usize) < hi);
+    for (&p, &v) in indices[first..last].iter().zip(&values[first..last]) {
+        out[p as usize - lo] = T::from_f32(v);
+    }
+}
+
 /// One output row (row `i` inside its block row) for blocks `BW` wide: the full blocks with a
 /// fixed-size inner loop, then the partial block at the right edge.
 #[inline(always)]

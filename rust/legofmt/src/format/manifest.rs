@@ -8,11 +8,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{LgnError, Result};
 
-/// Major version written and read by this crate. A reader rejects other majors.
-pub const FORMAT_MAJOR: u32 = 1;
-/// Minor version written by this crate. A reader accepts any minor of its major (unknown
-/// fields added by later minors are ignored).
+/// Newest major version read and written by this crate: 2 (version 1.0 plus outliers). A
+/// reader accepts majors [`MIN_MAJOR`]`..=FORMAT_MAJOR` and rejects the others.
+pub const FORMAT_MAJOR: u32 = 2;
+/// Oldest major version read (and written, for files without outliers) by this crate.
+pub const MIN_MAJOR: u32 = 1;
+/// Minor version written by this crate. A reader accepts any minor of a major it reads
+/// (unknown fields added by later minors are ignored).
 pub const FORMAT_MINOR: u32 = 0;
+/// First major version with outliers: in older files the `outliers` member is ignored.
+pub const OUTLIERS_MAJOR: u32 = 2;
 /// Metadata key holding `"MAJOR.MINOR"`.
 pub const VERSION_KEY: &str = "lgn.version";
 /// Metadata key holding the manifest JSON.
@@ -33,6 +38,14 @@ pub fn indices_name(name: &str, s: usize) -> String {
 /// Name of the stored tensor holding the scales of tensor `name`.
 pub fn scale_name(name: &str) -> String {
     format!("{name}.lgn.scale")
+}
+/// Name of the stored U32 tensor holding the outlier positions of tensor `name`.
+pub fn outlier_index_name(name: &str) -> String {
+    format!("{name}.lgn.outlier_index")
+}
+/// Name of the stored F32 tensor holding the outlier values of tensor `name`.
+pub fn outlier_value_name(name: &str) -> String {
+    format!("{name}.lgn.outlier_value")
 }
 
 /// The manifest.
@@ -86,7 +99,32 @@ pub enum Encoding {
         /// Scales applied after summing, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scale: Option<ScaleEntry>,
+        /// Elements stored exactly (format 2.0; ignored in files of major 1, where it is an
+        /// unknown member and may hold anything).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outliers: Option<OutliersMember>,
     },
+}
+
+/// The `outliers` member as found: well formed, or anything else (an error in a file of major
+/// 2, an ignored unknown member in a file of major 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OutliersMember {
+    /// An object with string members `indices` and `values`.
+    Entry(OutliersEntry),
+    /// Any other JSON value.
+    Malformed(serde_json::Value),
+}
+
+/// The outliers of a clustered tensor (format 2.0): elements whose decoded value is stored
+/// exactly, replacing the reconstruction at their positions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutliersEntry {
+    /// Stored U32 tensor `[n]`: flat (row-major) positions, strictly increasing.
+    pub indices: String,
+    /// Stored F32 tensor `[n]`: the values, in the same order.
+    pub values: String,
 }
 
 /// One residual stage of a clustered tensor.
@@ -117,7 +155,7 @@ pub fn check_version(v: &str) -> Result<(u32, u32)> {
     let (a, b) = v.split_once('.').ok_or_else(bad)?;
     let major: u32 = a.parse().map_err(|_| bad())?;
     let minor: u32 = b.parse().map_err(|_| bad())?;
-    if major != FORMAT_MAJOR {
+    if !(MIN_MAJOR..=FORMAT_MAJOR).contains(&major) {
         return Err(LgnError::UnsupportedVersion {
             found: v.to_string(),
             supported: FORMAT_MAJOR,
@@ -133,6 +171,19 @@ impl Manifest {
             tensor: None,
             field: Some(MANIFEST_KEY.into()),
             message: format!("manifest is not valid: {e}"),
+        })
+    }
+
+    /// Whether any clustered tensor has outliers (which needs format 2.0).
+    pub fn has_outliers(&self) -> bool {
+        self.tensors.iter().any(|t| {
+            matches!(
+                t.encoding,
+                Encoding::Clustered {
+                    outliers: Some(_),
+                    ..
+                }
+            )
         })
     }
 
@@ -175,6 +226,7 @@ mod tests {
                             mode: "row".into(),
                             tensor: scale_name("w"),
                         }),
+                        outliers: None,
                     },
                 },
             ],
@@ -198,10 +250,14 @@ mod tests {
     fn versions() {
         assert_eq!(check_version("1.0").unwrap(), (1, 0));
         assert_eq!(check_version("1.7").unwrap(), (1, 7));
-        assert!(matches!(
-            check_version("2.0"),
-            Err(LgnError::UnsupportedVersion { .. })
-        ));
+        assert_eq!(check_version("2.0").unwrap(), (2, 0));
+        assert_eq!(check_version("2.9").unwrap(), (2, 9));
+        for v in ["0.9", "3.0"] {
+            assert!(matches!(
+                check_version(v),
+                Err(LgnError::UnsupportedVersion { .. })
+            ));
+        }
         assert!(check_version("1").is_err());
         assert!(check_version("x.y").is_err());
     }

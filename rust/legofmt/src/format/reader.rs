@@ -26,9 +26,12 @@ use std::sync::Mutex;
 
 use half::{bf16, f16};
 
-use super::decode::{decode_rows_window, Bf16Widened, F16Widened, OutElem, Scales, StageParts};
+use super::decode::{
+    apply_outliers, check_outliers, decode_rows_window, Bf16Widened, F16Widened, OutElem, Scales,
+    StageParts,
+};
 use super::envelope::{Envelope, StoredTensor, PREFIX_LEN};
-use super::manifest::{self, Encoding, Manifest, MAX_STAGES};
+use super::manifest::{self, Encoding, Manifest, OutliersMember, MAX_STAGES};
 use crate::bitpack;
 use crate::blocks::{BlockShape, Grid};
 use crate::dtype::Dtype;
@@ -65,6 +68,8 @@ pub enum Layout {
         stages: Vec<(usize, usize)>,
         /// Scale mode and the stored tensor index of the scales.
         scale: Option<(ScaleMode, usize)>,
+        /// Format 2.0: the stored tensor indices of the outlier positions (U32) and values (F32).
+        outliers: Option<(usize, usize)>,
     },
 }
 
@@ -195,6 +200,8 @@ struct Loaded<'a> {
     /// The rows the scales cover (`rows` of [`LgnFile::load_clustered`]) and the scales.
     scale_rows: Range<usize>,
     scale: Option<(ScaleMode, Vec<f32>)>,
+    /// Outlier positions (checked: increasing, in range) and values: all of the tensor's.
+    outliers: Option<(Vec<u32>, Vec<f32>)>,
 }
 
 impl Loaded<'_> {
@@ -224,9 +231,13 @@ impl Loaded<'_> {
             &parts,
             self.first_block,
             scales,
-            rows,
+            rows.clone(),
             out,
-        )
+        )?;
+        if let Some((idx, val)) = &self.outliers {
+            apply_outliers(idx, val, self.grid.cols, rows, out);
+        }
+        Ok(())
     }
 
     /// Decodes `rows` into little-endian bytes of `T`: in place when `out` can be viewed as
@@ -399,7 +410,8 @@ impl LgnFile {
             }
             return Ok(());
         };
-        self.version = Some(manifest::check_version(version)?);
+        let (major, minor) = manifest::check_version(version)?;
+        self.version = Some((major, minor));
         let text = md
             .get(manifest::MANIFEST_KEY)
             .ok_or_else(|| LgnError::Format {
@@ -510,7 +522,11 @@ impl LgnFile {
                     }
                     Layout::Raw { stored: i }
                 }
-                Encoding::Clustered { stages, scale } => {
+                Encoding::Clustered {
+                    stages,
+                    scale,
+                    outliers,
+                } => {
                     if !dtype.is_clusterable() {
                         return Err(fmt_err(
                             &t.name,
@@ -604,10 +620,54 @@ impl LgnFile {
                             Some((mode, i))
                         }
                     };
+                    // Outliers exist from major 2 on; before, the member is unknown and ignored.
+                    let outliers = match outliers {
+                        Some(member) if major >= manifest::OUTLIERS_MAJOR => {
+                            let f = field("outliers");
+                            let OutliersMember::Entry(o) = member else {
+                                return Err(fmt_err(
+                                    &t.name,
+                                    &f,
+                                    "must be an object with string members `indices` and `values`",
+                                ));
+                            };
+                            let ii = take(&t.name, &field("outliers.indices"), &o.indices)?;
+                            let vi = take(&t.name, &field("outliers.values"), &o.values)?;
+                            let (si, sv) = (&self.envelope.tensors[ii], &self.envelope.tensors[vi]);
+                            if si.dtype != Dtype::U32 || si.shape.len() != 1 {
+                                return Err(fmt_err(
+                                    &t.name,
+                                    &field("outliers.indices"),
+                                    format!("must be U32 [n], found {} {:?}", si.dtype, si.shape),
+                                ));
+                            }
+                            let n = si.shape[0];
+                            if sv.dtype != Dtype::F32 || sv.shape != [n] {
+                                return Err(fmt_err(
+                                    &t.name,
+                                    &field("outliers.values"),
+                                    format!(
+                                        "must be F32 [{n}] like the indices, found {} {:?}",
+                                        sv.dtype, sv.shape
+                                    ),
+                                ));
+                            }
+                            if n > grid.numel() {
+                                return Err(fmt_err(
+                                    &t.name,
+                                    &field("outliers.indices"),
+                                    format!("{n} outliers for {} elements", grid.numel()),
+                                ));
+                            }
+                            Some((ii, vi))
+                        }
+                        _ => None,
+                    };
                     Layout::Clustered {
                         grid,
                         stages: st_out,
                         scale,
+                        outliers,
                     }
                 }
             };
@@ -984,6 +1044,7 @@ impl LgnFile {
             grid,
             stages,
             scale,
+            outliers,
         } = &t.layout
         else {
             return Err(LgnError::invalid(
@@ -1023,6 +1084,10 @@ impl LgnFile {
                 Some((*mode, v))
             }
         };
+        let outliers = match outliers {
+            None => None,
+            Some((ii, vi)) => Some(self.load_outliers(&t.name, grid.numel(), *ii, *vi, verify)?),
+        };
         Ok(Loaded {
             t,
             grid,
@@ -1030,7 +1095,37 @@ impl LgnFile {
             first_block,
             scale_rows: rows,
             scale,
+            outliers,
         })
+    }
+
+    /// Reads the outliers of a clustered tensor of `numel` elements (stored tensors `ii`, U32
+    /// positions, and `vi`, F32 values), checking their CRC-32s if `verify` and always their
+    /// order and range: a decoder applies them with a binary search.
+    fn load_outliers(
+        &self,
+        tensor: &str,
+        numel: usize,
+        ii: usize,
+        vi: usize,
+        verify: bool,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let n = self.envelope.tensors[ii].numel();
+        let mut idx = vec![0u32; n];
+        let mut val = vec![0f32; n];
+        self.visit_piece(ii, 0..4 * n, verify, |o, b| {
+            for (d, c) in idx[o / 4..(o + b.len()) / 4]
+                .iter_mut()
+                .zip(b.chunks_exact(4))
+            {
+                *d = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        })?;
+        self.visit_piece(vi, 0..4 * n, verify, |o, b| {
+            crate::dtype::float_bytes_to_f32(Dtype::F32, b, &mut val[o / 4..(o + b.len()) / 4]);
+        })?;
+        check_outliers(tensor, numel, &idx)?;
+        Ok((idx, val))
     }
 
     /// Decodes rows `rb..re` of the 2-D view of a clustered tensor into `out`
@@ -1149,7 +1244,16 @@ impl LgnFile {
             self.visit_piece(i, 0..0, true, |_, _| {})?;
         }
         for t in &self.tensors {
-            if let Layout::Clustered { stages, grid, .. } = &t.layout {
+            if let Layout::Clustered {
+                stages,
+                grid,
+                outliers,
+                ..
+            } = &t.layout
+            {
+                if let Some((ii, vi)) = outliers {
+                    self.load_outliers(&t.name, grid.numel(), *ii, *vi, false)?;
+                }
                 for (s, &(ci, si)) in stages.iter().enumerate() {
                     let cb = &self.codebooks[ci];
                     let st = &self.envelope.tensors[si];
@@ -1389,6 +1493,7 @@ mod tests {
                     stages: 2,
                     scale: ScaleMode::Row,
                     scale_stat: crate::scale::ScaleStat::AbsMax,
+                    outliers: 0.0,
                 },
                 GroupSpec {
                     k: 5,
@@ -1396,6 +1501,7 @@ mod tests {
                     stages: 1,
                     scale: ScaleMode::Tensor,
                     scale_stat: crate::scale::ScaleStat::AbsMax,
+                    outliers: 0.0,
                 },
             ],
             seed: 0,

@@ -90,9 +90,15 @@ fn layout<'a>(
     let mut md = user_metadata.clone();
     if let Some(m) = manifest {
         m.crc32 = crc;
+        // The oldest major that can express the file: 1.0 readers read files without outliers.
+        let major = if m.has_outliers() {
+            manifest::OUTLIERS_MAJOR
+        } else {
+            manifest::MIN_MAJOR
+        };
         md.insert(
             manifest::VERSION_KEY.into(),
-            format!("{}.{}", manifest::FORMAT_MAJOR, manifest::FORMAT_MINOR),
+            format!("{major}.{}", manifest::FORMAT_MINOR),
         );
         md.insert(manifest::MANIFEST_KEY.into(), m.to_json());
     }
