@@ -71,7 +71,7 @@ def read(path_or_bytes: str | bytes) -> tuple[dict[str, np.ndarray[Any, Any]], d
         return {k: np.frombuffer(stored(k)[2], DTYPES[stored(k)[0]]).reshape(stored(k)[1]) for k in header}, meta
 
     major = int(meta["lgn.version"].split(".")[0])
-    assert major == 1, f"unsupported major version {major}"
+    assert major in (1, 2), f"unsupported major version {major}"
     manifest = json.loads(meta["lgn.manifest"])
     for name, crc in manifest["crc32"].items():
         assert zlib.crc32(stored(name)[2]) == crc, f"checksum mismatch in {name}"
@@ -106,10 +106,19 @@ def read(path_or_bytes: str | bytes) -> tuple[dict[str, np.ndarray[Any, Any]], d
             sdtype, _, sraw = stored(t["scale"]["tensor"])
             s = np.frombuffer(sraw, DTYPES[sdtype]).astype(np.float32)
             acc = (acc * (s.reshape(-1, 1) if t["scale"]["mode"] == "row" else s[0])).astype(np.float32)
+        if major >= 2 and "outliers" in t:  # version 2.0; a major-1 reader ignores the member
+            idtype, ishape, iraw = stored(t["outliers"]["indices"])
+            vdtype, vshape, vraw = stored(t["outliers"]["values"])
+            assert idtype == "U32" and vdtype == "F32" and len(ishape) == 1 and vshape == ishape
+            pos = np.frombuffer(iraw, "<u4").astype(np.int64)
+            assert np.all(np.diff(pos) > 0) and (pos.size == 0 or pos[-1] < rows * cols), "bad outlier indices"
+            acc = acc.reshape(-1).copy()  # the flat position of view element (r, c) is r * cols + c
+            acc[pos] = np.frombuffer(vraw, "<f4")
         if t["dtype"] == "F32":
             out[name] = acc.astype(np.float32).reshape(shape)
         elif t["dtype"] == "F16":
-            out[name] = acc.astype(np.float16).reshape(shape)
+            with np.errstate(over="ignore"):  # values beyond the F16 range round to infinity
+                out[name] = acc.astype(np.float16).reshape(shape)
         else:
             out[name] = f32_to_bf16(acc).reshape(shape)
     user = {k: v for k, v in meta.items() if not k.startswith("lgn.")}

@@ -5,8 +5,10 @@ shares no code with legofmt or with `tests/reference_decoder.py`, and implements
 
 `LgnReader(data)` performs the open-time validation (sections 3, 4, 6, 12, 14 and the codebook
 checks of section 10); `LgnReader.decode(name)` performs the decode-time checks (checksums of the
-other stored tensors, index range) and the reconstruction of section 9. `decode(path)` does both
-for every tensor and returns `{name: numpy array}` in the order the spec says readers list them.
+other stored tensors, index range, outlier order and range) and the reconstruction of section 9;
+`LgnReader.decode_rows(name, start, stop)` decodes a range of view rows as section 9 allows, from
+the block rows and the outliers involved. `decode(path)` does both for every tensor and returns
+`{name: numpy array}` in the order the spec says readers list them. Versions 1.x and 2.x are read.
 Output arrays: F32 as float32, F16 as float16, BF16 as uint16 bit patterns, raw tensors as the
 numpy dtype of their safetensors dtype (raw BF16 also as uint16).
 """
@@ -43,7 +45,7 @@ class ChecksumSpecError(SpecError):
 
 
 class VersionSpecError(SpecError):
-    """`lgn.version` has a major other than 1 (the spec's `UnsupportedVersionError`)."""
+    """`lgn.version` has a major other than 1 and 2 (the spec's `UnsupportedVersionError`)."""
 
 
 # Section 3: dtype -> (element size, numpy dtype). BF16 has no numpy dtype: its bits are kept as uint16.
@@ -70,6 +72,8 @@ U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
 ENTRY_MEMBERS = ("dtype", "shape", "data_offsets")
 CLUSTERED_DTYPES = ("F32", "F16", "BF16")
+SUPPORTED_MAJORS = (1, 2)  # section 12
+OUTLIERS_MAJOR = 2  # section 6: the first major with the `outliers` member; major 1 ignores it
 VERSION_RE = re.compile(r"([0-9]+)\.([0-9]+)")
 
 
@@ -288,6 +292,8 @@ class _Tensor:
     scale_mode: str | None
     scale_tensor: str | None
     index: int
+    outlier_indices: str | None = None  # version 2.0: stored U32 [n] flat positions
+    outlier_values: str | None = None  # version 2.0: stored F32 [n] values
 
 
 class LgnReader:
@@ -329,9 +335,9 @@ class LgnReader:
         major, minor = int(m.group(1)), int(m.group(2))
         if major > U32_MAX or minor > U32_MAX:
             _fail(f"lgn.version {json.dumps(text)}: a number is not below 2^32", field="lgn.version")
-        if major != 1:
+        if major not in SUPPORTED_MAJORS:
             _fail(
-                f"unsupported lgn.version {text} (this reader implements major version 1)",
+                f"unsupported lgn.version {text} (this reader implements major versions 1 and 2)",
                 field="lgn.version",
                 cls=VersionSpecError,
             )
@@ -538,7 +544,39 @@ class LgnReader:
                     name,
                     f"{spath}.tensor",
                 )
-        return _Tensor(name, dtype, shape, "clustered", out, mode, scale_name, ti)
+        oi_name = ov_name = None
+        # Sections 6 and 12: `outliers` exists from major 2 on; in a major-1 file it is an unknown member, ignored.
+        if "outliers" in t and self.version is not None and self.version[0] >= OUTLIERS_MAJOR:
+            outliers = t["outliers"]
+            opath = f"{path}.outliers"
+            if not isinstance(outliers, dict):
+                _fail(f"outliers is not a JSON object ({json.dumps(outliers)})", name, opath)
+            oi_name = member(outliers, "indices", "str", name, f"{opath}.indices")
+            ov_name = member(outliers, "values", "str", name, f"{opath}.values")
+            si = reference(oi_name, f"{opath}.indices", name, f"{opath}.indices")
+            sv = reference(ov_name, f"{opath}.values", name, f"{opath}.values")
+            if si.dtype != "U32" or len(si.shape) != 1:
+                _fail(
+                    f"outlier index tensor `{oi_name}` must be U32 of rank 1, found {si.dtype} {list(si.shape)}",
+                    name,
+                    f"{opath}.indices",
+                )
+            if sv.dtype != "F32" or len(sv.shape) != 1:
+                _fail(
+                    f"outlier value tensor `{ov_name}` must be F32 of rank 1, found {sv.dtype} {list(sv.shape)}",
+                    name,
+                    f"{opath}.values",
+                )
+            n = si.shape[0]
+            if sv.shape[0] != n:
+                _fail(
+                    f"outlier value tensor `{ov_name}` holds {sv.shape[0]} values for {n} indices: the lengths differ",
+                    name,
+                    f"{opath}.values",
+                )
+            if n > _product(shape):
+                _fail(f"{n} outliers for a tensor of {_product(shape)} elements", name, f"{opath}.indices")
+        return _Tensor(name, dtype, shape, "clustered", out, mode, scale_name, ti, oi_name, ov_name)
 
     # -- sections 7-10: decoding --------------------------------------------------------------------
     def _bytes(self, stored_name: str) -> bytes:
@@ -571,7 +609,42 @@ class LgnReader:
             return _raw_array(raw, t.dtype, t.shape)
         return self._decode_clustered(t)
 
+    def decode_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """View rows `start .. stop - 1` of a clustered tensor, as a `[stop - start, cols]` array (section 9)."""
+        t = next((x for x in self.tensors if x.name == name), None)
+        if t is None:
+            raise KeyError(name)
+        if t.encoding != "clustered":
+            raise ValueError(f"`{name}` is not a clustered tensor")
+        if not 0 <= start <= stop <= t.shape[0]:
+            raise ValueError(f"rows {start}..{stop} are not within 0..{t.shape[0]}")
+        return self._decode_rows(t, start, stop)
+
     def _decode_clustered(self, t: _Tensor) -> np.ndarray:
+        return self._decode_rows(t, 0, t.shape[0]).reshape(t.shape)
+
+    def _outliers(self, t: _Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Section 9, "Outliers": the checked positions (int64) and values (float32) of a tensor's outliers."""
+        assert t.outlier_indices is not None and t.outlier_values is not None
+        raw_pos = self._bytes(t.outlier_indices)
+        self._check_crc(t.outlier_indices, raw_pos)
+        raw_val = self._bytes(t.outlier_values)
+        self._check_crc(t.outlier_values, raw_val)
+        pos = np.frombuffer(raw_pos, dtype="<u4").astype(np.int64)
+        numel = _product(t.shape)
+        # Bulk data, checked when decoding (section 6): strictly increasing, each < product(shape).
+        bad = np.nonzero((pos >= numel) | np.concatenate([[False], pos[1:] <= pos[:-1]]))[0]
+        if bad.size:
+            m = int(bad[0])
+            p = int(pos[m])
+            if p >= numel:
+                msg = f"outlier {m}: position {p} is out of range for a tensor of {numel} elements"
+            else:
+                msg = f"outlier {m}: position {p} follows {int(pos[m - 1])}: positions must be strictly increasing"
+            _fail(msg, t.name, "outliers.indices")
+        return pos, np.frombuffer(raw_val, dtype="<f4")
+
+    def _decode_rows(self, t: _Tensor, start: int, stop: int) -> np.ndarray:
         rows, cols = t.shape[0], _product(t.shape[1:])
         # Checksums of every stored tensor whose bytes this tensor uses, before using them.
         stage_bytes = []
@@ -585,43 +658,53 @@ class LgnReader:
             self._check_crc(t.scale_tensor, raw)
             sdt = "<f2" if self.stored[t.scale_tensor].dtype == "F16" else "<f4"
             scales = np.frombuffer(raw, dtype=sdt).astype(np.float32)  # F16 -> F32 is exact
+        outliers = self._outliers(t) if t.outlier_indices is not None else None
         cb0 = self.codebooks[t.stages[0].codebook]
         bh, bw = cb0.bh, cb0.bw
         gr, gc = -(-rows // bh), -(-cols // bw)
         n_blocks = gr * gc
         out_np = DTYPES[t.dtype][1]
-        if n_blocks == 0:
-            return np.zeros(t.shape, dtype=out_np)
+        if n_blocks == 0 or start == stop:
+            return np.zeros((stop - start, cols), dtype=out_np)
+        # Section 9: only the block rows br0 .. br1 - 1 that hold view rows start .. stop - 1 are used.
+        br0, br1 = start // bh, -(-stop // bh)
         acc = None
         with np.errstate(all="ignore"):
             for si, (st, raw) in enumerate(zip(t.stages, stage_bytes)):
                 cb = self.codebooks[st.codebook]
-                idx = unpack_indices(raw, n_blocks, cb.bits)
+                idx = unpack_indices(raw, n_blocks, cb.bits)[br0 * gc : br1 * gc]
                 bad = np.nonzero(idx >= cb.k)[0]
                 if bad.size:
-                    blk = int(bad[0])
+                    blk = br0 * gc + int(bad[0])
                     _fail(
-                        f"index {int(idx[blk])} of block {blk} is out of range: codebook `{cb.tensor}` has k={cb.k}",
+                        f"index {int(idx[bad[0]])} of block {blk} is out of range: codebook `{cb.tensor}` has k={cb.k}",
                         t.name,
                         f"stages[{si}].indices",
                     )
                 assert cb.values is not None
-                v = cb.values[idx].reshape(gr, gc, bh, bw).transpose(0, 2, 1, 3).reshape(gr * bh, gc * bw)
-                v = v[:rows, :cols]
+                nbr = br1 - br0
+                v = cb.values[idx].reshape(nbr, gc, bh, bw).transpose(0, 2, 1, 3).reshape(nbr * bh, gc * bw)
+                v = v[start - br0 * bh : stop - br0 * bh, :cols]
                 acc = v.copy() if acc is None else (acc + v).astype(np.float32)
             assert acc is not None
             if scales is not None:
                 if t.scale_mode == "row":
-                    acc = (acc * scales[:, None]).astype(np.float32)
+                    acc = (acc * scales[start:stop, None]).astype(np.float32)
                 else:
                     acc = (acc * scales[0]).astype(np.float32)
+        if outliers is not None:
+            # View rows start .. stop - 1 hold flat positions start*cols .. stop*cols - 1; the positions are sorted.
+            pos, values = outliers
+            lo, hi = np.searchsorted(pos, [start * cols, stop * cols], side="left")
+            flat = acc.reshape(-1)
+            flat[pos[lo:hi] - start * cols] = values[lo:hi]
         if t.dtype == "F32":
             y = acc.astype("<f4")
         elif t.dtype == "F16":
             y = f32_to_f16_bits(acc).view("<f2")
         else:
             y = f32_to_bf16_bits(acc)
-        return y.reshape(t.shape)
+        return y
 
     def decode_all(self) -> dict[str, np.ndarray]:
         return {t.name: self.decode(t.name) for t in self.tensors}

@@ -29,9 +29,9 @@ def _ids(vectors: list[dict[str, object]]) -> list[str]:
 
 
 def test_manifest_counts() -> None:
-    assert MANIFEST["format_version"] == "1.0"
-    assert len(VALID) == 43
-    assert len(INVALID) == 68
+    assert MANIFEST["format_version"] == "2.0"
+    assert len(VALID) == 54
+    assert len(INVALID) == 88
 
 
 @pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))
@@ -141,6 +141,43 @@ def test_section16_worked_example() -> None:
     out = sd.decode(VECTORS / "valid/spec_worked_example.lgn")
     want = [[[1.0, 2.0, 5.0, 6.0, 9.0]], [[1.5, 2.0, 3.5, 4.0, 5.5]], [[18.0, 20.0, 10.0, 12.0, 2.0]]]
     np.testing.assert_array_equal(out["example"], np.array(want, dtype=np.float32))
+
+
+def test_section16_worked_example_with_outliers() -> None:
+    path = VECTORS / "valid/spec_worked_example_outliers.lgn"
+    out = sd.decode(path)
+    want = [[[1.0, 2.0, 5.0, -7.5, 9.0]], [[1.5, 2.0, 3.5, 4.0, 5.5]], [[18.0, 100.0, 10.0, 12.0, 2.0]]]
+    np.testing.assert_array_equal(out["example"], np.array(want, dtype=np.float32))
+    # The numbers section 16 quotes for this file.
+    buf = path.read_bytes()
+    n = int.from_bytes(buf[:8], "little")
+    text = (Path(__file__).resolve().parent.parent / "spec" / "lgn.md").read_text(encoding="utf-8")
+    part = text.split("**With outliers (version 2.0).**", 1)[1].split("## 17.", 1)[0]
+    assert f"({len(buf)} bytes)" in part
+    assert f"`{buf[:8].hex(' ').upper()}` (`N = {n}`)" in part
+    assert f"the last {len(buf) - 8 - n} bytes" in part
+    r = sd.LgnReader(buf)
+    for name, st in r.stored.items():
+        assert f"| `{name}` | {st.dtype} `{list(st.shape)}` | `[{st.begin}, {st.end}]` |" in part, name
+    raw = {name: r._bytes(name).hex().upper() for name in ("example.lgn.outlier_index", "example.lgn.outlier_value")}
+    assert raw == {"example.lgn.outlier_index": "030000000B000000", "example.lgn.outlier_value": "0000F0C00000C842"}
+
+
+@pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))
+def test_row_ranges_decode_like_the_whole_tensor(vector: dict[str, str]) -> None:
+    """Section 9: any range of view rows decodes from its block rows and its outliers alone."""
+    r = sd.LgnReader((VECTORS / vector["file"]).read_bytes())
+    for t in r.tensors:
+        if t.encoding != "clustered":
+            continue
+        rows, cols = t.shape[0], int(np.prod(t.shape[1:]))
+        whole = r.decode(t.name).reshape(rows, cols)
+        for step in (1, 2, 3, 5):
+            parts = [r.decode_rows(t.name, a, min(a + step, rows)) for a in range(0, rows, step)]
+            got = np.concatenate(parts) if parts else whole[:0]
+            assert got.tobytes() == whole.tobytes(), (t.name, step)
+        if rows > 2:
+            assert r.decode_rows(t.name, 1, rows - 1).tobytes() == whole[1 : rows - 1].tobytes(), t.name
 
 
 def test_section10_crc_check_value() -> None:

@@ -18,7 +18,11 @@ Valid vectors come from two writers:
 For each valid vector, the decoded tensors are computed by the independent reference decoder
 (``tests/reference_decoder.py``), checked bit for bit against ``legofmt.load``, and written as
 the plain safetensors file ``NAME.expected.safetensors`` (every tensor in its original dtype).
-Generation aborts if the two decoders disagree.
+Generation aborts if the two decoders disagree; a valid vector legofmt rejects outright is
+printed as a deviation (a reader bug, or a reader older than the vector's version).
+
+The ``save_outliers*`` vectors need ``legofmt.save(..., outliers=FRACTION)`` (format 2.0); with
+a legofmt whose ``save`` does not know that option they are skipped, with a message.
 
 Invalid vectors are byte-level edits of a small valid file, each with the error class a
 conforming reader must raise and words its message must contain. Generation checks them against
@@ -170,8 +174,9 @@ def f32(a: Any) -> np.ndarray[Any, Any]:
 
 class Builder:
     """Builds an .lgn file from codebooks and clustered/raw tensors, laid out as legofmt's writer
-    lays them out (codebooks, then per clustered tensor its scale and index tensors, the last
-    index tensor padded to 8 bytes, then raw tensors by decreasing element size)."""
+    lays them out (codebooks, then per clustered tensor its outlier indices and values, its scale
+    and its index tensors, the last index tensor padded to 8 bytes, then raw tensors by decreasing
+    element size). Like a writer, it writes version "2.0" when a tensor has outliers, else "1.0"."""
 
     def __init__(self) -> None:
         self.codebooks: list[tuple[dict[str, Any], Piece]] = []
@@ -201,8 +206,16 @@ class Builder:
         stages: list[tuple[int, Any]],
         scale: tuple[str, str, Any] | None = None,
         index_extra: bytes = b"",
+        outliers: tuple[Any, Any] | None = None,
     ) -> None:
+        """``outliers``: (flat positions, values), stored as U32 and F32 (version 2.0)."""
         entry: dict[str, Any] = {"name": name, "dtype": dtype, "shape": shape, "encoding": "clustered"}
+        if outliers is not None:
+            pos = np.asarray(outliers[0], dtype="<u4").reshape(-1)
+            val = np.asarray(outliers[1], dtype="<f4").reshape(-1)
+            assert pos.size == val.size
+            self.clustered.append(Piece(f"{name}.lgn.outlier_index", "U32", [pos.size], pos.tobytes()))
+            self.clustered.append(Piece(f"{name}.lgn.outlier_value", "F32", [val.size], val.tobytes()))
         if scale is not None:
             _, sdtype, values = scale
             sv = np.asarray(values, dtype=NP_OF[sdtype]).reshape(-1)
@@ -219,6 +232,8 @@ class Builder:
         entry["stages"] = st
         if scale is not None:
             entry["scale"] = {"mode": scale[0], "tensor": f"{name}.lgn.scale"}
+        if outliers is not None:
+            entry["outliers"] = {"indices": f"{name}.lgn.outlier_index", "values": f"{name}.lgn.outlier_value"}
         self.entries.append(entry)
 
     def raw_tensor(self, name: str, dtype: str, array: Any) -> None:
@@ -233,8 +248,11 @@ class Builder:
     def manifest(self) -> dict[str, Any]:
         return {"codebooks": [e for e, _ in self.codebooks], "tensors": self.entries}
 
+    def version(self) -> str:
+        return "2.0" if any("outliers" in e for e in self.entries) else "1.0"
+
     def build(self, **kw: Any) -> bytes:
-        return lgn_file(self.pieces(), self.manifest(), **kw)
+        return lgn_file(self.pieces(), self.manifest(), **{"version": self.version(), **kw})
 
 
 def random_indices(rng: np.random.Generator, n: int, k: int) -> np.ndarray[Any, Any]:
@@ -310,7 +328,12 @@ class Vectors:
             path.write_bytes(data)
         buf = path.read_bytes()
         ref, _ = reference_decoder.read(str(path))
-        check_same(ref, legofmt_decode(path), rel)
+        try:
+            got = legofmt_decode(path)
+        except legofmt.LgnError as e:  # a reader that rejects a valid file: reported, like invalid-vector deviations
+            self.deviations.append(f"{path.name}: legofmt rejects this valid vector: {type(e).__name__}: {e}")
+        else:
+            check_same(ref, got, rel)
         exp_rel = f"valid/{name}.expected.safetensors"
         (self.out / exp_rel).write_bytes(expected_file(ref, logical_dtypes(buf)))
         self.entries.append({"file": rel, "valid": True, "expected": exp_rel, "description": description})
@@ -555,6 +578,42 @@ def writer_vectors(v: Vectors) -> None:
     )
 
 
+def writer_outlier_vectors(v: Vectors) -> None:
+    """legofmt.save(..., outliers=0.01): format 2.0 as legofmt writes it. Skipped (with a message) when this
+    legofmt's save does not know the option yet."""
+    rng = np.random.default_rng(2000)
+    tensors = {
+        "a.weight": rng.standard_t(3, size=(32, 48)).astype(np.float32),  # heavy tails: some elements stand out
+        "a.bias": rng.standard_normal(32).astype(np.float32),
+        "h.weight": (rng.standard_t(3, size=(24, 40)) * 0.05).astype(np.float16),
+    }
+    for name, stages in (("save_outliers", 1), ("save_outliers_stages2", 2)):
+        try:
+            m = save(v, name, tensors, k=16, block=(2, 2), stages=stages, scale="row", seed=6, outliers=0.01)
+        except legofmt.InvalidArgumentError as e:
+            if "unknown option" not in str(e) or "outliers" not in str(e):
+                raise
+            print(f"skipped {name}: this legofmt.save does not accept the `outliers` option ({e})")
+            continue
+        header, _ = split((v.out / "valid" / f"{name}.lgn").read_bytes())
+        version = header["__metadata__"]["lgn.version"]
+        counts = {}
+        for t in m["tensors"]:
+            if t["encoding"] == "clustered":
+                counts[t["name"]] = header[t["outliers"]["indices"]]["shape"][0] if "outliers" in t else 0
+        if version != "2.0" or not all(counts.values()):
+            v.deviations.append(f"{name}.lgn: legofmt.save(outliers=0.01) wrote version {version}, outliers {counts}")
+        v.valid(
+            name,
+            None,
+            f"legofmt.save(outliers=0.01), k-means: F32 [32,48] and F16 [24,40] (heavy-tailed) in one shared "
+            f"codebook per stage (k={codebook_ks(m)}), 2x2 blocks, {stages} stage{'s' if stages > 1 else ''}, "
+            "row scales; "
+            f"outliers kept exactly ({', '.join(f'{n}: {c}' for n, c in counts.items())}); a raw F32 bias; "
+            f"version {version}",
+        )
+
+
 def spec_example(v: Vectors) -> None:
     """The worked example of spec/lgn.md ("Worked example: decoding one tensor"), byte for byte."""
     b = Builder()
@@ -773,14 +832,248 @@ def hand_vectors(v: Vectors) -> None:
     )
 
 
+def spec_example_outliers(v: Vectors) -> None:
+    """The second part of the worked example of spec/lgn.md: the same tensor with two outliers."""
+    b = Builder()
+    cb = b.codebook([[[1, 2], [3, 4]], [[5, 6], [7, 8]], [[9, 10], [11, 12]]], (2, 2))
+    b.clustered_tensor(
+        "example",
+        "F32",
+        [3, 1, 5],
+        [(cb, [0, 1, 2, 2, 1, 0])],
+        scale=("row", "F16", [1, 0.5, 2]),
+        outliers=([3, 11], [-7.5, 100.0]),
+    )
+    pieces = b.pieces()
+    assert [p.name for p in pieces[1:3]] == ["example.lgn.outlier_index", "example.lgn.outlier_value"]
+    assert pieces[1].data == bytes.fromhex("03000000 0B000000")
+    assert pieces[2].data == bytes.fromhex("0000F0C0 0000C842")
+    data = b.build()
+    assert b.version() == "2.0"
+    v.valid(
+        "spec_worked_example_outliers",
+        data,
+        "the worked example of spec/lgn.md with two outliers (flat positions 3 and 11, values -7.5 and 100.0; "
+        "version 2.0): an outlier replaces the scaled value",
+    )
+    want = np.array([[[1, 2, 5, -7.5, 9]], [[1.5, 2, 3.5, 4, 5.5]], [[18, 100, 10, 12, 2]]], dtype=np.float32)
+    got, _ = reference_decoder.read(data)
+    assert np.array_equal(got["example"], want), got["example"]
+
+
+def hand_outlier_vectors(v: Vectors) -> None:
+    """Version 2.0: outliers (spec/lgn.md sections 6 and 9), written by the independent Builder."""
+    spec_example_outliers(v)
+    rng = np.random.default_rng(20250101)
+
+    # F32: any binary32 value is kept as it is; first and last element, both in edge-padded blocks.
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(5 * 6), (2, 3))
+    b.clustered_tensor(
+        "o.f32",
+        "F32",
+        [5, 7],
+        [(cb, random_indices(rng, b.n_blocks([5, 7], cb), 5))],
+        scale=("row", "F16", [1, 0.5, 2, -1, 0.25]),
+        outliers=([0, 6, 13, 20, 33, 34], [1e30, -0.0, 2**-149, -3.25, -np.inf, 123456.789]),
+    )
+    b.clustered_tensor(
+        "o.rank3",
+        "F32",
+        [3, 2, 5],
+        [(cb, random_indices(rng, b.n_blocks([3, 2, 5], cb), 5))],
+        scale=("tensor", "F32", [0.5]),
+        outliers=([0, 9, 10, 29], [3.0e38, -1.0, 2.0, 0.125]),
+    )
+    v.valid(
+        "hand_outliers_f32",
+        b.build(),
+        "outliers in F32 tensors: [5,7] in 2x3 blocks (the last block row and column padded) with outliers at "
+        "position 0, the end of rows 0 and 1, and the last two elements (in the padded corner block); values kept "
+        "as stored (1e30, -0.0, the smallest subnormal, -infinity), not scaled; a rank-3 [3,2,5] tensor (view "
+        "3x10) with outliers at flat positions 0, 9, 10, 29",
+    )
+
+    # F16 and BF16: the F32 outlier value is rounded to nearest even, like every decoded value.
+    f16_values = [
+        1.5,  # exact
+        0.1,  # rounds
+        1 + 2**-11,  # tie -> 1.0
+        1 + 3 * 2**-11,  # tie -> 1 + 2^-9
+        -2.0,  # exact
+        3 * 2**-25,  # subnormal tie -> 2^-23
+        2**-24,  # exact, the smallest subnormal
+        1e-8,  # -> 0
+        65504.0,  # exact, the largest
+        65519.0,  # -> 65504
+        70000.0,  # overflow -> infinity
+        -65520.0,  # tie at the overflow threshold -> -infinity
+        -0.0,  # exact
+        0.333,  # rounds
+    ]
+    f16_pos = [0, 1, 3, 7, 8, 13, 14, 15, 20, 21, 27, 28, 33, 34]
+    bf16_values = [
+        3.0,  # exact
+        1 + 2**-8,  # tie -> 1.0
+        1 + 3 * 2**-8,  # tie -> 1 + 2^-6
+        0.1,  # rounds
+        -0.5,  # exact
+        2**-133,  # exact, the smallest bfloat16 subnormal
+        -1e-40,  # binary32 subnormal, rounds
+        3.4e38,  # above the largest bfloat16 midpoint -> infinity
+        -65536.0,  # exact
+    ]
+    bf16_pos = [0, 2, 4, 5, 6, 9, 10, 13, 14]
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(3 * 4), (2, 2))
+    b.clustered_tensor("o.f16", "F16", [5, 7], [(cb, random_indices(rng, 12, 3))], outliers=(f16_pos, f16_values))
+    b.clustered_tensor(
+        "o.bf16",
+        "BF16",
+        [3, 5],
+        [(cb, random_indices(rng, 6, 3))],
+        scale=("row", "F16", [2.0, -1.0, 0.5]),
+        outliers=(bf16_pos, bf16_values),
+    )
+    v.valid(
+        "hand_outliers_f16_bf16",
+        b.build(),
+        "outliers in F16 [5,7] and BF16 [3,5] tensors (2x2 blocks, padded), first and last element included: "
+        "values exactly representable in the output dtype decode to themselves; the others round to nearest, "
+        "ties to even (F16 and BF16 ties, F16 subnormals, overflow to infinity)",
+    )
+
+    # Several residual stages, row scales (two of them 0) and outliers; a zero tensor scale; a tensor without.
+    b = Builder()
+    cbs = [b.codebook(rng.standard_normal(k * 4), (2, 2)) for k in (3, 2, 5)]
+    stages = [(c, random_indices(rng, b.n_blocks([6, 7], c), b.codebooks[c][0]["k"])) for c in cbs]
+    b.clustered_tensor(
+        "st.scaled",
+        "F32",
+        [6, 7],
+        stages,
+        scale=("row", "F32", [1.5, 0.0, -2.0, 0.0, 0.75, 3.0]),
+        outliers=([0, 8, 13, 21, 40, 41], [-1.0, 5.5, -0.25, 42.0, 0.0, 7.0]),
+    )
+    two = [(c, random_indices(rng, b.n_blocks([4, 4], c), b.codebooks[c][0]["k"])) for c in cbs[:2]]
+    b.clustered_tensor("st.zero", "F16", [4, 4], two, scale=("tensor", "F16", [0.0]), outliers=([5, 10], [1.25, -3.0]))
+    two = [(c, random_indices(rng, b.n_blocks([3, 4], c), b.codebooks[c][0]["k"])) for c in cbs[1:]]
+    b.clustered_tensor("st.none", "BF16", [3, 4], two)
+    v.valid(
+        "hand_outliers_stages_scales",
+        b.build(),
+        "outliers with 3 residual stages (k=3, 2, 5) and F32 row scales: outliers in rows whose scale is 0 keep "
+        "their value while the rest of the row decodes to zero; an F16 tensor with tensor scale 0 and 2 stages "
+        "(all zero but its outliers); a BF16 tensor without outliers in the same 2.0 file",
+    )
+
+    # n = 0 (empty U32 and F32 tensors), a zero-element tensor, and n = product(shape) (every element).
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(4 * 2), (1, 2))
+    b.clustered_tensor("n.none", "F32", [3, 4], [(cb, random_indices(rng, 6, 4))], outliers=([], []))
+    b.clustered_tensor("n.empty", "F32", [0, 6], [(cb, [])], outliers=([], []))
+    b.clustered_tensor(
+        "n.all",
+        "F16",
+        [2, 3],
+        [(cb, random_indices(rng, 4, 4))],
+        scale=("row", "F16", [3.0, -2.0]),
+        outliers=(range(6), [0.5, -1.5, 2.0, 1024.0, -0.0, 6.0e-5]),
+    )
+    v.valid(
+        "hand_outliers_counts",
+        b.build(),
+        "outlier counts at the limits: n = 0 (empty U32 [0] and F32 [0] stored tensors), n = 0 on a tensor with no "
+        "elements ([0,6]), and n = product(shape) (every element of an F16 [2,3] tensor is an outlier)",
+    )
+
+    # Many outliers spread over many rows (row-range decoders find them by binary search).
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(16 * 8), (2, 4))
+    shape = [130, 70]
+    n = shape[0] * shape[1]
+    pos = set(rng.choice(n, size=91, replace=False).tolist())
+    pos |= {68, 69, 70, 71}  # a run across the end of row 0 and the start of row 1
+    pos |= set(range(64 * 70, 65 * 70))  # the whole of row 64
+    pos |= {n - 1}
+    pos_arr = np.array(sorted(pos))
+    b.clustered_tensor(
+        "many",
+        "F16",
+        shape,
+        [(cb, random_indices(rng, b.n_blocks(shape, cb), 16))],
+        scale=("row", "F16", rng.uniform(0.5, 2.0, shape[0])),
+        outliers=(pos_arr, rng.standard_normal(pos_arr.size) * 8),
+    )
+    v.valid(
+        "hand_outliers_many",
+        b.build(),
+        f"{pos_arr.size} outliers in an F16 [130,70] tensor (2x4 blocks, 4-bit indices, row scales): random "
+        "positions, a run across a row boundary, a whole row, the last element",
+    )
+
+    # Version 2.0 without outliers, and a newer minor 2.7 with unknown members (also in the outliers object).
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(3 * 4), (2, 2))
+    b.clustered_tensor("w", "F32", [4, 5], [(cb, random_indices(rng, 6, 3))], scale=("row", "F16", [1, 2, 3, 4]))
+    b.raw_tensor("b", "F32", rng.standard_normal(4).astype(np.float32))
+    v.valid(
+        "hand_version_2_no_outliers",
+        b.build(version="2.0"),
+        "lgn.version '2.0' although no tensor has outliers (writers write 1.0 then, readers accept both)",
+    )
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(4 * 2), (1, 2))
+    b.clustered_tensor(
+        "m",
+        "F32",
+        [2, 4],
+        [(cb, random_indices(rng, 4, 4))],
+        scale=("row", "F16", [1.0, 2.0]),
+        outliers=([1, 6], [9.0, -9.0]),
+    )
+    b.raw_tensor("n", "I32", np.array([1, 2, 3], dtype=np.int32))
+    man = b.manifest()
+    man["future_top_level"] = {"anything": [1, 2]}
+    man["codebooks"][0]["future_codebook_field"] = "x"
+    man["tensors"][0]["future_tensor_field"] = 1
+    man["tensors"][0]["stages"][0]["future_stage_field"] = None
+    man["tensors"][0]["scale"]["future_scale_field"] = True
+    man["tensors"][0]["outliers"]["future_outliers_field"] = [0]
+    v.valid(
+        "hand_minor_version_2",
+        lgn_file(b.pieces(), man, version="2.7", extra_metadata={"lgn.future": "ignored", "user": "kept"}),
+        "lgn.version '2.7' (a newer minor of major 2) with outliers, unknown manifest fields at every level "
+        "(the outliers object included) and an unknown lgn.* metadata key: accepted, the unknowns ignored",
+    )
+
+    # Major 1: `outliers` is an unknown member there, ignored whatever it holds.
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(3 * 4), (2, 2))
+    b.clustered_tensor("w", "F32", [3, 4], [(cb, random_indices(rng, 4, 3))])
+    man = b.manifest()
+    man["tensors"][0]["outliers"] = {"indices": "no.such.tensor", "values": 7}
+    v.valid(
+        "hand_version_1_outliers_ignored",
+        lgn_file(b.pieces(), man, version="1.0"),
+        "lgn.version '1.0' with a malformed `outliers` member naming no stored tensor: in a major-1 file it is an "
+        "unknown member, ignored; the tensor decodes without outliers",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Invalid vectors
 # ---------------------------------------------------------------------------------------------
 
 
-def base_builder() -> Builder:
+#: The outliers of ``w`` in the version 2.0 base file (``w`` has 35 elements).
+BASE_OUTLIERS = ([0, 9, 20, 34], [-4.0, 0.5, 1000.0, 7.25])
+
+
+def base_builder(outliers: bool = False) -> Builder:
     """The small valid file every invalid vector edits: two codebooks, one clustered tensor with
-    two stages and row scales, two raw tensors."""
+    two stages and row scales, two raw tensors. With ``outliers``, the tensor also has the
+    outliers ``BASE_OUTLIERS`` (a version 2.0 file)."""
     rng = np.random.default_rng(7)
     b = Builder()
     c0 = b.codebook(rng.standard_normal(5 * 6), (2, 3))
@@ -791,6 +1084,7 @@ def base_builder() -> Builder:
         [5, 7],
         [(c0, random_indices(rng, 9, 5)), (c1, random_indices(rng, 9, 2))],
         scale=("row", "F16", [1, 0.5, 2, 0.25, 1.5]),
+        outliers=BASE_OUTLIERS if outliers else None,
     )
     b.raw_tensor("b", "F32", rng.standard_normal(5).astype(np.float32))
     b.raw_tensor("n", "I64", np.array([1, -1], dtype=np.int64))
@@ -800,15 +1094,15 @@ def base_builder() -> Builder:
 class Edit:
     """A base file taken apart (header JSON, manifest, stored tensor bytes) for editing."""
 
-    def __init__(self) -> None:
-        b = base_builder()
+    def __init__(self, outliers: bool = False) -> None:
+        b = base_builder(outliers)
         self.pieces = {p.name: p for p in b.pieces()}
         st_file(list(self.pieces.values()))  # apply the index padding once, then keep it
         for p in self.pieces.values():
             p.pad_to_8 = False
         self.order = list(self.pieces)
         self.manifest = b.manifest()
-        self.version = "1.0"
+        self.version = b.version()
         self.metadata: dict[str, str] = {}
 
     def piece(self, name: str) -> Piece:
@@ -985,12 +1279,12 @@ def invalid_vectors(v: Vectors) -> None:
 
     # --- versions ------------------------------------------------------------------------------
     e = Edit()
-    e.version = "2.0"
+    e.version = "3.0"
     inv(
-        "version_major_2",
+        "version_major_3",
         e.bytes(),
-        "lgn.version '2.0': a newer major version",
-        ["2.0"],
+        "lgn.version '3.0': a newer major version",
+        ["3.0"],
         error="UnsupportedVersionError",
     )
     e.version = "0.9"
@@ -1028,6 +1322,25 @@ def invalid_vectors(v: Vectors) -> None:
         with_manifest(base, lambda m: m.pop("crc32")),
         "the manifest has no crc32 field",
         ["lgn.manifest", "crc32"],
+    )
+    # JSON arrays where the spec has objects (serde's derived parsing would take them).
+    inv(
+        "codebook_not_object",
+        with_manifest(base, lambda m: m["codebooks"].__setitem__(1, ["lgn.codebook.1", 2, 1, [2, 3]])),
+        "a codebook written as a JSON array of its values instead of an object",
+        ["codebooks[1]", "object"],
+    )
+    inv(
+        "stage_not_object",
+        with_manifest(base, lambda m: m["tensors"][0]["stages"].__setitem__(1, [1, "w.lgn.idx1"])),
+        "a stage written as a JSON array instead of an object",
+        ["tensors[0].stages[1]", "object"],
+    )
+    inv(
+        "scale_not_object",
+        with_manifest(base, lambda m: m["tensors"][0].update({"scale": ["row", "w.lgn.scale"]})),
+        "scales written as a JSON array instead of an object",
+        ["tensors[0].scale", "object"],
     )
     inv(
         "manifest_unknown_encoding",
@@ -1308,6 +1621,159 @@ def invalid_vectors(v: Vectors) -> None:
         ["lgn.manifest", "u32"],
     )
 
+    # --- outliers (version 2.0) ----------------------------------------------------------------
+    base2 = Edit(outliers=True).bytes()
+    (v.out / "invalid" / "_base_outliers.lgn").write_bytes(base2)
+
+    def outlier_positions(positions: list[int], values: list[float] | None = None) -> Edit:
+        e = Edit(outliers=True)
+        e.set_data("w.lgn.outlier_index", np.array(positions, dtype="<u4").tobytes())
+        vals = values if values is not None else [float(i) for i in range(len(positions))]
+        e.set_data("w.lgn.outlier_value", np.array(vals, dtype="<f4").tobytes())
+        return e
+
+    inv(
+        "outliers_not_increasing",
+        outlier_positions([0, 20, 9, 34]).bytes(),
+        "outlier positions [0, 20, 9, 34]: not increasing (found when decoding or verifying)",
+        ["`w`", "outliers.indices", "increasing"],
+        at="decode",
+    )
+    inv(
+        "outliers_duplicate_index",
+        outlier_positions([0, 9, 9, 34]).bytes(),
+        "outlier positions [0, 9, 9, 34]: a position repeated (they must be strictly increasing)",
+        ["`w`", "outliers.indices", "increasing"],
+        at="decode",
+    )
+    inv(
+        "outliers_index_out_of_range",
+        outlier_positions([0, 9, 20, 35]).bytes(),
+        "outlier position 35 in a tensor of 35 elements (positions are < product(shape))",
+        ["`w`", "outliers.indices", "out of range"],
+        at="decode",
+    )
+    for dt, np_dt in (("I32", "<i4"), ("U64", "<u8")):
+        e = Edit(outliers=True)
+        e.pieces["w.lgn.outlier_index"].dtype = dt
+        e.set_data("w.lgn.outlier_index", np.array(BASE_OUTLIERS[0], dtype=np_dt).tobytes())
+        inv(
+            f"outliers_indices_{dt.lower()}",
+            e.bytes(),
+            f"outlier positions stored as {dt} (they must be U32)",
+            ["`w`", "outliers.indices", "U32"],
+        )
+    e = Edit(outliers=True)
+    e.pieces["w.lgn.outlier_value"].dtype = "F16"
+    e.set_data("w.lgn.outlier_value", np.array(BASE_OUTLIERS[1], dtype="<f2").tobytes())
+    inv(
+        "outliers_values_f16",
+        e.bytes(),
+        "outlier values stored as F16 (they must be F32)",
+        ["`w`", "outliers.values", "F32"],
+    )
+    inv(
+        "outliers_length_mismatch",
+        outlier_positions([0, 9, 20, 34], [1.0, 2.0, 3.0]).bytes(),
+        "4 outlier positions but 3 outlier values",
+        ["`w`", "outliers.values"],
+    )
+    e = Edit(outliers=True)
+    e.pieces["w.lgn.outlier_index"].shape = [2, 2]
+    inv(
+        "outliers_indices_rank2",
+        e.bytes(),
+        "outlier positions stored as U32 [2, 2] (they must be rank 1)",
+        ["`w`", "outliers.indices", "U32"],
+    )
+    inv(
+        "outliers_more_than_elements",
+        outlier_positions(list(range(36))).bytes(),
+        "36 outliers in a tensor of 35 elements (n must not exceed product(shape)): found at open, from the shape",
+        ["`w`", "outliers", "36"],
+    )
+
+    def moutliers(value: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda m: m["tensors"][0].update({"outliers": value})
+
+    inv(
+        "outliers_missing_values",
+        with_manifest(base2, moutliers({"indices": "w.lgn.outlier_index"})),
+        "an outliers object without `values`",
+        ["`w`", "outliers"],
+    )
+    inv(
+        "outliers_not_object",
+        with_manifest(base2, moutliers(["w.lgn.outlier_index", "w.lgn.outlier_value"])),
+        "an outliers member that is an array, not an object",
+        ["`w`", "outliers"],
+    )
+    inv(
+        "outliers_values_not_string",
+        with_manifest(base2, moutliers({"indices": "w.lgn.outlier_index", "values": 3})),
+        "an outliers object whose `values` is a number, not a stored tensor name",
+        ["`w`", "outliers"],
+    )
+    e = Edit(outliers=True)
+    del e.pieces["w.lgn.outlier_value"]
+    e.order.remove("w.lgn.outlier_value")
+    inv(
+        "outliers_missing_stored_tensor",
+        e.bytes(),
+        "the outliers name the stored tensor 'w.lgn.outlier_value', which does not exist",
+        ["`w`", "`w.lgn.outlier_value`", "does not exist"],
+    )
+    # A second clustered tensor `w2` (a copy of `w`) whose outliers use `w`'s stored positions.
+    e = Edit(outliers=True)
+    w2 = json.loads(json.dumps(e.manifest["tensors"][0]).replace('"w.lgn.', '"w2.lgn.'))
+    w2["name"] = "w2"
+    w2["outliers"]["indices"] = "w.lgn.outlier_index"
+    e.manifest["tensors"].insert(1, w2)
+    for name in ("w.lgn.outlier_value", "w.lgn.scale", "w.lgn.idx0", "w.lgn.idx1"):
+        copied = copy.copy(e.pieces[name])
+        copied.name = name.replace("w.lgn.", "w2.lgn.")
+        e.pieces[copied.name] = copied
+        e.order.insert(e.order.index("b"), copied.name)
+    inv(
+        "outliers_indices_shared",
+        e.bytes(),
+        "two clustered tensors whose outliers use the same stored tensor of positions",
+        ["`w2`", "`w.lgn.outlier_index`", "twice"],
+    )
+    e = Edit(outliers=True)
+    e.version = "1.0"
+    inv(
+        "outliers_in_version_1",
+        e.bytes(),
+        "an outliers member in a '1.0' file: unknown in major 1 and ignored, so its stored tensors are unreferenced",
+        ["w.lgn.outlier_", "not referenced"],
+    )
+    e = Edit(outliers=True)
+    good = zlib.crc32(e.piece("w.lgn.outlier_value").data)
+    vals = np.frombuffer(e.piece("w.lgn.outlier_value").data, "<f4").copy()
+    vals[2] = -vals[2]
+    e.pieces["w.lgn.outlier_value"].data = vals.tobytes()
+    inv(
+        "crc_mismatch_outlier_values",
+        e.bytes(crc_overrides={"w.lgn.outlier_value": good}),
+        "an outlier value changed after the checksum was computed",
+        ["`w.lgn.outlier_value`"],
+        error="ChecksumError",
+        at="decode",
+    )
+    e = Edit(outliers=True)
+    good = zlib.crc32(e.piece("w.lgn.outlier_index").data)
+    e.set_data("w.lgn.outlier_index", np.array([0, 9, 20, 2**31 + 34], dtype="<u4").tobytes())
+    inv(
+        "crc_mismatch_outlier_indices",
+        e.bytes(crc_overrides={"w.lgn.outlier_index": good}),
+        "bit 31 of an outlier position flipped after the checksum was computed (now out of range): the checksum "
+        "is checked before the positions are interpreted",
+        ["`w.lgn.outlier_index`"],
+        error="ChecksumError",
+        at="decode",
+    )
+
 
 # ---------------------------------------------------------------------------------------------
 # Outputs
@@ -1328,7 +1794,9 @@ Generated by `generate.py` (deterministic; do not edit by hand: edit the script 
   envelope, the manifest and the codebooks) or `decode` (opening succeeds; decoding the tensor
   that uses the bad bytes, and `verify`, must fail). Readers that validate eagerly may report
   `decode` errors at open.
-* `invalid/_base.lgn` is the valid file the invalid vectors are edited from (not a vector).
+* `invalid/_base.lgn` is the valid file the invalid vectors are edited from, and
+  `invalid/_base_outliers.lgn` (version 2.0: the same file with outliers) the one the
+  `outliers_*` vectors are edited from (neither is a vector).
 * `manifest.json` lists every vector for the test suites: `file`, `valid`, then `expected`, or
   `error`, `message_contains` and `detected_at`, and `description`.
 
@@ -1365,9 +1833,11 @@ def main(argv: list[str] | None = None) -> int:
         (out / sub).mkdir(parents=True)
     v = Vectors(out)
     writer_vectors(v)
+    writer_outlier_vectors(v)
     hand_vectors(v)
+    hand_outlier_vectors(v)
     invalid_vectors(v)
-    (out / "manifest.json").write_text(json.dumps({"format_version": "1.0", "vectors": v.entries}, indent=1) + "\n")
+    (out / "manifest.json").write_text(json.dumps({"format_version": "2.0", "vectors": v.entries}, indent=1) + "\n")
     write_readme(v)
     n_valid = sum(e["valid"] for e in v.entries)
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

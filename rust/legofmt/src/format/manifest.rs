@@ -108,13 +108,28 @@ pub enum Encoding {
 
 /// The `outliers` member as found: well formed, or anything else (an error in a file of major
 /// 2, an ignored unknown member in a file of major 1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum OutliersMember {
     /// An object with string members `indices` and `values`.
     Entry(OutliersEntry),
     /// Any other JSON value.
     Malformed(serde_json::Value),
+}
+
+impl<'de> Deserialize<'de> for OutliersMember {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        // Only a JSON object with string members `indices` and `values` (others ignored) is
+        // an entry: serde's derived struct parsing would also take an array.
+        let v = serde_json::Value::deserialize(d)?;
+        let entry = v.as_object().and_then(|o| {
+            Some(OutliersEntry {
+                indices: o.get("indices")?.as_str()?.to_owned(),
+                values: o.get("values")?.as_str()?.to_owned(),
+            })
+        });
+        Ok(entry.map_or(OutliersMember::Malformed(v), OutliersMember::Entry))
+    }
 }
 
 /// The outliers of a clustered tensor (format 2.0): elements whose decoded value is stored
@@ -167,11 +182,36 @@ pub fn check_version(v: &str) -> Result<(u32, u32)> {
 impl Manifest {
     /// Parses the manifest JSON.
     pub fn from_json(s: &str) -> Result<Manifest> {
-        serde_json::from_str(s).map_err(|e| LgnError::Format {
+        let err = |message: String| LgnError::Format {
             tensor: None,
             field: Some(MANIFEST_KEY.into()),
-            message: format!("manifest is not valid: {e}"),
-        })
+            message,
+        };
+        let m: Manifest =
+            serde_json::from_str(s).map_err(|e| err(format!("manifest is not valid: {e}")))?;
+        // serde's derived parsing also takes a JSON array for a struct: the spec's objects
+        // must be objects.
+        let v: serde_json::Value =
+            serde_json::from_str(s).map_err(|e| err(format!("manifest is not valid: {e}")))?;
+        let object = |v: Option<&serde_json::Value>, at: &str| match v {
+            Some(x) if !x.is_object() => Err(err(format!("`{at}` must be a JSON object"))),
+            _ => Ok(()),
+        };
+        object(Some(&v), "manifest")?;
+        let items = |key: &str| v[key].as_array().cloned().unwrap_or_default();
+        for (i, c) in items("codebooks").iter().enumerate() {
+            object(Some(c), &format!("codebooks[{i}]"))?;
+        }
+        for (i, t) in items("tensors").iter().enumerate() {
+            object(Some(t), &format!("tensors[{i}]"))?;
+            object(t.get("scale"), &format!("tensors[{i}].scale"))?;
+            if let Some(stages) = t.get("stages").and_then(|s| s.as_array()) {
+                for (j, st) in stages.iter().enumerate() {
+                    object(Some(st), &format!("tensors[{i}].stages[{j}]"))?;
+                }
+            }
+        }
+        Ok(m)
     }
 
     /// Whether any clustered tensor has outliers (which needs format 2.0).
