@@ -79,7 +79,7 @@ def test_relu_of_a_normal_matches_the_closed_form():
 
 def test_plan_finds_the_layers_batch_norms_describe(net_and_inputs):
     net, _ = net_and_inputs
-    plan = _bias.plan(net)
+    plan = _bias.analyse(net)
     by_weight = {c.weight: c for c in plan.corrections}
     # The stem sees the raw input (unknown); every other layer's input comes from a batch norm.
     assert set(by_weight) == {"dw.weight", "pw.weight", "head.weight", "fc.weight"}
@@ -180,3 +180,53 @@ def test_target_mode_corrects_the_chosen_file(tmp_path, net_and_inputs):
     assert r.search and "fc.bias" in r.bias_corrected
     assert r.file_bytes == os.path.getsize(tmp_path / "t.lgn")
     assert sorted(os.listdir(tmp_path)) == ["t.lgn"]
+
+
+def test_residual_branch_weights(net_and_inputs):
+    """A layer inside a residual branch passes on its branch's share of the sum's variance."""
+    net, _ = net_and_inputs
+    weights = _bias.analyse(net).weights
+    assert set(weights) == {"dw.weight", "pw.weight"}  # only these are inside the branch
+    bn0 = _bias.Stats(net.bn0.bias.detach().double(), net.bn0.weight.detach().double(), spatial=True)
+    skip = _bias._activation_stats(nn.functional.relu6, bn0)
+    assert skip is not None and skip.std is not None
+    branch = float((net.bn2.weight.detach().double() ** 2).sum())
+    share = branch / (branch + float((skip.std**2).sum()))
+    assert weights["dw.weight"] == pytest.approx(share) and weights["pw.weight"] == pytest.approx(share)
+    assert 0 < share < 1
+
+
+def test_two_branches_share_the_variance():
+    """A downsampling block (main branch + projection shortcut): each branch's layers get their
+    own share; layers before the split count fully."""
+
+    class Down(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pre, self.bn_pre = nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)
+            self.main, self.bn_main = nn.Conv2d(8, 16, 3, bias=False), nn.BatchNorm2d(16)
+            self.short, self.bn_short = nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.bn_pre(self.pre(x)))
+            return self.bn_main(self.main(h)) + self.bn_short(self.short(h)[:, :, 1:-1, 1:-1])
+
+    m = Down().eval()
+    with torch.no_grad():
+        m.bn_main.weight.fill_(3.0)  # variance 9 per channel against the shortcut's 1
+        m.bn_short.weight.fill_(1.0)
+    w = _bias.analyse(m).weights
+    assert w == {"main.weight": pytest.approx(0.9), "short.weight": pytest.approx(0.1)}
+
+
+def test_target_ratio_ranks_by_the_weighted_error(tmp_path, net_and_inputs):
+    """With a module, target_ratio counts residual-branch layers' errors with their weights."""
+    net, _ = net_and_inputs
+    r = legofmt.save(net, tmp_path / "t.lgn", k=16, target_ratio=3, min_size=0)
+    feasible = [c for c in r.search if c.ratio >= 3]
+    chosen = next(c for c in r.search if c.chosen)
+    assert chosen.weighted_rel_mse == min(c.weighted_rel_mse for c in feasible)
+    assert all(c.weighted_rel_mse < c.mean_rel_mse for c in r.search)  # dw and pw weigh < 1
+    # A state dict has no graph: plain mean.
+    d = legofmt.save(net.state_dict(), tmp_path / "d.lgn", k=16, target_ratio=3, min_size=0)
+    assert all(c.weighted_rel_mse == c.mean_rel_mse for c in d.search)

@@ -40,13 +40,18 @@ def test_saved_files_open_with_safe_open(shapes, dtype, k, stages, seed):
                 if n not in state or state[n].dtype != torch.bfloat16:
                     f.get_tensor(n)
     manifest = json.loads(meta["lgn.manifest"])
-    assert meta["origin"] == "test" and meta["lgn.version"].startswith("1.")
+    # Format 2.0 exactly when some tensor has outliers (the default keeps 0.1% of each shared
+    # tensor's elements: tensors under 1,000 elements have none).
+    has_outliers = any(t.outliers for t in report.tensors)
+    assert meta["origin"] == "test" and meta["lgn.version"] == ("2.0" if has_outliers else "1.0")
     # What a plain reader sees: the raw tensors under their names, plus the lgn.* pieces.
     for t in report.tensors:
         if t.clustered:
             assert t.name not in stored
             entry = next(e for e in manifest["tensors"] if e["name"] == t.name)
             assert all(s["indices"] in stored for s in entry["stages"])
+            if t.outliers:
+                assert {entry["outliers"]["indices"], entry["outliers"]["values"]} <= stored
         else:
             assert torch.equal(raw[t.name].view(torch.uint8), state[t.name].contiguous().view(torch.uint8))
     assert {c["tensor"] for c in manifest["codebooks"]} <= stored

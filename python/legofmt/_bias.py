@@ -1,4 +1,6 @@
-"""Data-free bias correction: cancel the mean shift that clustering adds to each layer's output.
+"""What a model's batch norms say without data: bias correction, and error weights of residual branches.
+
+Bias correction cancels the mean shift that clustering adds to each layer's output.
 
 Clustering replaces a layer's weight ``W`` by ``W + dW``. For an input ``x`` the output moves by
 ``dW @ x``, and its average over inputs by ``dW @ E[x]``: a systematic shift per output channel
@@ -20,6 +22,10 @@ model that ``torch.fx`` cannot trace is saved uncorrected, with the reason in th
 
 Assumptions, as in the paper: pre-activations are normal per channel; zero padding at the
 borders of a convolution is ignored (it sees the mean everywhere).
+
+The same statistics give the target mode its error weights (:func:`_residual_weights`): where
+a residual branch is added to its input, the branch carries a share of the sum's variance, and
+only that share of its layers' errors reaches the rest of the network.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import math
 import operator
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -70,11 +76,16 @@ class Correction:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What :func:`plan` found: the corrections, and why there are none when that is so."""
+class Analysis:
+    """What :func:`analyse` found in a model's graph."""
 
     corrections: list[Correction]
+    """The layers to bias-correct."""
     note: str
+    """Why there are no corrections, when that is so."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Error weights of the weights inside residual branches (see :func:`_residual_weights`);
+    absent names weigh 1."""
 
 
 @functools.cache
@@ -322,9 +333,10 @@ def _zeros(n: int) -> torch.Tensor:
     return torch.zeros(n, dtype=torch.float64)
 
 
-def plan(model: Any) -> Plan:
-    """Traces ``model`` (a ``torch.nn.Module``) and returns the layers whose input mean the
-    statistics of its batch norms determine, with the raw tensor that will absorb each shift."""
+def analyse(model: Any) -> Analysis:
+    """Traces ``model`` (a ``torch.nn.Module``) and carries the statistics its batch norms give
+    through the graph: the layers whose input mean they determine, with the raw tensor that will
+    absorb each shift, and the error weights of residual branches."""
     import torch
 
     try:
@@ -334,17 +346,19 @@ def plan(model: Any) -> Plan:
             warnings.simplefilter("ignore")
             gm = torch.fx.symbolic_trace(model)
     except Exception as e:  # tracing runs the model's Python code: anything can fail
-        return Plan([], f"not traceable by torch.fx ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        return Analysis([], f"not traceable by torch.fx ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
     modules = dict(gm.named_modules())
     env: dict[Any, Stats | None] = {}
     found: list[Correction] = []
     uses: dict[str, int] = {}
+    layers: dict[Any, str] = {}
     for node in gm.graph.nodes:
         layer = _conv_call(node, modules)
         if layer is None:
             env[node] = _propagate(node, env, modules)
             continue
         weight, inp, bias, groups, linear = layer
+        layers[node] = weight
         uses[weight] = uses.get(weight, 0) + 1
         env[node] = None  # the pre-activation: a batch norm after it sets the statistics again
         s = env.get(inp) if hasattr(inp, "op") else None
@@ -359,7 +373,51 @@ def plan(model: Any) -> Plan:
     targets = [c.target for c in found]
     corrections = [c for c in found if uses[c.weight] == 1 and targets.count(c.target) == 1]
     note = "" if corrections else "no layer whose input mean the model's batch norms determine"
-    return Plan(corrections, note)
+    return Analysis(corrections, note, _residual_weights(gm, env, layers))
+
+
+def _residual_weights(gm: Any, env: Mapping[Any, Stats | None], layers: Mapping[Any, str]) -> dict[str, float]:
+    """Error weights of the layers inside residual branches.
+
+    Where two values are added (``y = x + f(x)``, or two branches), each input carries a share
+    of the sum's variance, ``var_i / (var_a + var_b)`` (per-channel variances from the batch
+    norms, summed over channels). A relative error ``e`` in a layer that only one input depends
+    on reaches the sum as a relative error of energy ``e * share``: a residual branch that adds
+    a small correction to its input passes on a small part of its layers' errors. Nested sums
+    multiply. Layers upstream of both inputs, and sums whose inputs' variances are unknown, are
+    left at weight 1."""
+    weights: dict[str, float] = {}
+    ancestors: dict[Any, set[Any]] = {}
+
+    def upstream(node: Any) -> set[Any]:
+        if node not in ancestors:
+            seen: set[Any] = set()
+            todo = [node]
+            while todo:
+                n = todo.pop()
+                if n not in seen:
+                    seen.add(n)
+                    todo.extend(n.all_input_nodes)
+            ancestors[node] = seen
+        return ancestors[node]
+
+    for node in gm.graph.nodes:
+        is_add = node.op == "call_function" and node.target in (operator.add, operator.iadd)
+        if not is_add or len(node.args) != 2 or not all(hasattr(a, "op") for a in node.args):
+            continue
+        a, b = node.args
+        sa, sb = env.get(a), env.get(b)
+        if sa is None or sb is None or sa.std is None or sb.std is None:
+            continue
+        va, vb = float((sa.std**2).sum()), float((sb.std**2).sum())
+        if not va + vb > 0:
+            continue
+        up_a, up_b = upstream(a), upstream(b)
+        for own, other, var in ((up_a, up_b, va), (up_b, up_a, vb)):
+            for n in own - other:
+                if n in layers:
+                    weights[layers[n]] = weights.get(layers[n], 1.0) * var / (va + vb)
+    return weights
 
 
 def shift(c: Correction, dw: torch.Tensor) -> torch.Tensor | None:

@@ -55,10 +55,14 @@ class Candidate:
     max_rel_mse: float
     mean_rel_mse: float
     seconds: float
+    weighted_rel_mse: float = 0.0
+    """``mean_rel_mse`` with each tensor's error times its weight (layers inside residual
+    branches count less; see :func:`legofmt._target._error_weights`): what ``target_ratio``
+    ranks by. Equal to ``mean_rel_mse`` when the model gave no weights."""
     chosen: bool = False
     pareto: bool = False
     """Not dominated by another candidate in (ratio, error): the error is ``max_rel_mse`` when the
-    search had ``max_error``, else ``mean_rel_mse`` (what each mode ranks by)."""
+    search had ``max_error``, else ``weighted_rel_mse`` (what each mode ranks by)."""
 
 
 def _option_text(key: str, value: Any) -> str:
@@ -78,12 +82,13 @@ def search_table(candidates: list[Candidate]) -> str:
             f"{c.ratio:.2f}x",
             f"{c.max_rel_mse:.2e}",
             f"{c.mean_rel_mse:.2e}",
+            f"{c.weighted_rel_mse:.2e}",
             f"{c.seconds:.1f}",
             ("chosen" if c.chosen else "") + (" pareto" if c.pareto else ""),
         ]
         for c in sorted(candidates, key=lambda c: -c.ratio)
     ]
-    return _table(["options", "ratio", "max rel. MSE", "mean rel. MSE", "seconds", ""], rows)
+    return _table(["options", "ratio", "max rel. MSE", "mean rel. MSE", "weighted", "seconds", ""], rows)
 
 
 @dataclass(frozen=True)

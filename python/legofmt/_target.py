@@ -8,8 +8,10 @@ file's all-in ratio and the relative MSE of every clustered tensor, and keeps
   candidates that miss ``e`` are also tried with one more stage on just the tensors that miss
   it (per-tensor stages, see :func:`_refine`);
 * with ``target_ratio=r``: among files at least ``r`` times smaller than fp32, the one whose
-  clustered tensors have the lowest mean relative MSE; besides the uniform candidates,
-  per-tensor stage plans built from their error tables are tried (see :func:`_allocate`);
+  clustered tensors have the lowest mean relative MSE, each tensor's error weighted by how much
+  of it reaches the network's output when the model's graph says so (layers inside residual
+  branches, see :func:`_error_weights`); besides the uniform candidates, per-tensor stage plans
+  built from their error tables are tried (see :func:`_allocate`);
 * with both: the smallest file meeting both, else the closest to ``max_error`` at ratio ``r``.
 
 ``max_error`` bounds the worst tensor because one badly clustered layer is enough to break a
@@ -27,6 +29,7 @@ Every candidate is reported in ``SaveReport.search``, with the Pareto-optimal on
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -170,7 +173,7 @@ def _stage_plan(
     return min(fits, key=lambda p: sum(err[s][n] for n, s in p.items()))
 
 
-def _allocate(trials: _Trials, ratio: float) -> None:
+def _allocate(trials: _Trials, ratio: float, weights: dict[str, float]) -> None:
     """Per-tensor stages for ``target_ratio``. For each block shape tried with several uniform
     stage counts, the reports give every tensor's relative MSE and stored bytes at each count.
     Starting from uniform stage counts (see :func:`_stage_plan`), the plan repeatedly adds the
@@ -179,7 +182,8 @@ def _allocate(trials: _Trials, ratio: float) -> None:
     besides) stays within the budget of ``ratio``: the classic greedy bit allocation for the
     sum of the tensors' relative errors. The plan is saved; when the real file misses the
     ratio the budget shrinks by the miss and it is tried again (the estimate counts shared
-    codebooks: with ``codebook="tensor"`` it is low, and the real ratio decides)."""
+    codebooks: with ``codebook="tensor"`` it is low, and the real ratio decides). Each tensor's
+    error counts with its weight (see :func:`_error_weights`)."""
     shapes: dict[tuple[tuple[int, int], int], dict[int, SaveReport]] = {}
     for c, r, _ in trials.tried:
         if isinstance(c.get("stages"), int) and "block" in c:
@@ -189,7 +193,10 @@ def _allocate(trials: _Trials, ratio: float) -> None:
         counts = sorted(by_count)
         if len(counts) < 2:
             continue
-        err = {s: {t.name: t.rel_mse for t in r.tensors if t.codebook == "shared"} for s, r in by_count.items()}
+        err = {
+            s: {t.name: t.rel_mse * weights.get(t.name, 1.0) for t in r.tensors if t.codebook == "shared"}
+            for s, r in by_count.items()
+        }
         size = {s: {t.name: t.stored_bytes for t in r.tensors if t.codebook == "shared"} for s, r in by_count.items()}
         if not err[counts[0]]:
             continue  # nothing in the shared codebooks: no stages to plan
@@ -211,10 +218,27 @@ def _allocate(trials: _Trials, ratio: float) -> None:
             budget *= rep.ratio / ratio * 0.999
 
 
-def _mean_rel_mse(r: SaveReport) -> float:
-    """The mean over clustered tensors (not weighted by size) of their relative MSE."""
-    errs = [t.rel_mse for t in r.tensors if t.clustered]
+def _mean_rel_mse(r: SaveReport, weights: dict[str, float] | None = None) -> float:
+    """The mean over clustered tensors (not weighted by size) of their relative MSE, each
+    times its weight in ``weights`` (1 where absent)."""
+    w = weights or {}
+    errs = [t.rel_mse * w.get(t.name, 1.0) for t in r.tensors if t.clustered]
     return sum(errs) / max(1, len(errs))
+
+
+def _error_weights(obj: Any) -> dict[str, float]:
+    """How much each tensor's error counts when ``target_ratio`` ranks files: for a
+    ``torch.nn.Module`` that ``torch.fx`` traces, the layers inside residual branches count with
+    their branch's share of the variance at the sum, from the batch norms' statistics (see
+    :func:`legofmt._bias._residual_weights`); everything else counts 1. Data-free: on
+    EfficientNet-Lite0 at 8x it lowered the KL of the logits from 0.52-0.60 to 0.17-0.20 over
+    three seeds (README, "Target mode")."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(obj, torch.nn.Module):
+        return {}
+    from . import _bias
+
+    return _bias.analyse(obj).weights
 
 
 def _positive(name: str, v: Any) -> float | None:
@@ -256,6 +280,7 @@ def search(
     wanted = options.pop("bias_correction", None)
     _bias_wanted(obj, wanted)
     options["bias_correction"] = False
+    weights = _error_weights(obj) if ratio is not None else {}
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InvalidArgumentError(f"{path}: the folder {folder} does not exist")
@@ -269,7 +294,7 @@ def search(
             return (ratio is None or r.ratio >= ratio) and (err is None or r.max_rel_mse <= err)
 
         if ratio is not None:
-            _allocate(trials, ratio)
+            _allocate(trials, ratio, weights)
         if err is not None:
             _refine(trials, err, ok)
 
@@ -278,7 +303,7 @@ def search(
             if err is not None:
                 best = max(feasible, key=lambda t: (t[1].ratio, -t[1].max_rel_mse))
             else:
-                best = min(feasible, key=lambda t: (_mean_rel_mse(t[1]), -t[1].ratio))
+                best = min(feasible, key=lambda t: (_mean_rel_mse(t[1], weights), -t[1].ratio))
         elif ratio is not None:
             at_ratio = [t for t in tried if t[1].ratio >= ratio] or [max(tried, key=lambda t: t[1].ratio)]
             best = min(at_ratio, key=lambda t: t[1].max_rel_mse)
@@ -288,7 +313,7 @@ def search(
 
     # Pareto front in (ratio, the error the choice was made on).
     def score(r: SaveReport) -> float:
-        return r.max_rel_mse if err is not None else _mean_rel_mse(r)
+        return r.max_rel_mse if err is not None else _mean_rel_mse(r, weights)
 
     def dominated(r: SaveReport) -> bool:
         return any(
@@ -303,6 +328,7 @@ def search(
             ratio=r.ratio,
             max_rel_mse=r.max_rel_mse,
             mean_rel_mse=_mean_rel_mse(r),
+            weighted_rel_mse=_mean_rel_mse(r, weights),
             seconds=r.seconds,
             chosen=(p == best[2]),
             pareto=not dominated(r),

@@ -21,9 +21,6 @@ the plain safetensors file ``NAME.expected.safetensors`` (every tensor in its or
 Generation aborts if the two decoders disagree; a valid vector legofmt rejects outright is
 printed as a deviation (a reader bug, or a reader older than the vector's version).
 
-The ``save_outliers*`` vectors need ``legofmt.save(..., outliers=FRACTION)`` (format 2.0); with
-a legofmt whose ``save`` does not know that option they are skipped, with a message.
-
 Invalid vectors are byte-level edits of a small valid file, each with the error class a
 conforming reader must raise and words its message must contain. Generation checks them against
 legofmt and prints (but does not abort on) any deviation: a deviation is a reader bug.
@@ -423,7 +420,15 @@ def save(v: Vectors, name: str, tensors: dict[str, Any], **kw: Any) -> dict[str,
     path = v.out / "valid" / f"{name}.lgn"
     # Options the vectors rely on are pinned here, so that changing the library's defaults
     # never changes a vector.
-    pinned = {"k": 256, "block": (4, 4), "stages": 1, "scale": "row", "min_size": 0, "cluster_depthwise": True}
+    pinned = {
+        "k": 256,
+        "block": (4, 4),
+        "stages": 1,
+        "scale": "row",
+        "min_size": 0,
+        "cluster_depthwise": True,
+        "outliers": 0.0,
+    }
     legofmt.save(tensors, path, progress=False, **{**pinned, **kw})
     header, _ = split(path.read_bytes())
     return json.loads(header["__metadata__"]["lgn.manifest"])  # type: ignore[no-any-return]
@@ -579,8 +584,7 @@ def writer_vectors(v: Vectors) -> None:
 
 
 def writer_outlier_vectors(v: Vectors) -> None:
-    """legofmt.save(..., outliers=0.01): format 2.0 as legofmt writes it. Skipped (with a message) when this
-    legofmt's save does not know the option yet."""
+    """legofmt.save(..., outliers=0.01): format 2.0 as legofmt writes it."""
     rng = np.random.default_rng(2000)
     tensors = {
         "a.weight": rng.standard_t(3, size=(32, 48)).astype(np.float32),  # heavy tails: some elements stand out
@@ -588,13 +592,7 @@ def writer_outlier_vectors(v: Vectors) -> None:
         "h.weight": (rng.standard_t(3, size=(24, 40)) * 0.05).astype(np.float16),
     }
     for name, stages in (("save_outliers", 1), ("save_outliers_stages2", 2)):
-        try:
-            m = save(v, name, tensors, k=16, block=(2, 2), stages=stages, scale="row", seed=6, outliers=0.01)
-        except legofmt.InvalidArgumentError as e:
-            if "unknown option" not in str(e) or "outliers" not in str(e):
-                raise
-            print(f"skipped {name}: this legofmt.save does not accept the `outliers` option ({e})")
-            continue
+        m = save(v, name, tensors, k=16, block=(2, 2), stages=stages, scale="row", seed=6, outliers=0.01)
         header, _ = split((v.out / "valid" / f"{name}.lgn").read_bytes())
         version = header["__metadata__"]["lgn.version"]
         counts = {}

@@ -352,6 +352,19 @@ struct StageResult {
     assignments: Vec<u32>,
 }
 
+/// Whether `data` (`n x dim`) holds at most `k` distinct blocks (bit patterns).
+fn distinct_at_most(data: &[f32], dim: usize, k: usize) -> bool {
+    let bits: &[u32] = bytemuck::cast_slice(data);
+    let mut seen: HashSet<&[u32]> = HashSet::new();
+    for b in bits.chunks_exact(dim) {
+        seen.insert(b);
+        if seen.len() > k {
+            return false;
+        }
+    }
+    true
+}
+
 /// Clusters `data` (`n x dim`) into at most `k` codewords. When the data has at most `k`
 /// distinct blocks, the codebook is exactly those blocks (lossless).
 fn cluster(
@@ -478,34 +491,44 @@ pub fn compress<'a>(
             n_blocks += grid.n_blocks();
         }
         let mut data = vec![0f32; n_blocks * dim];
-        for (mi, m) in members.iter_mut().enumerate() {
-            let t = &inputs[m.input];
-            cancelled(&Event {
-                phase: format!("prepare g{gi}"),
-                done: mi,
-                total: member_inputs.len(),
-            })?;
-            let mut x = to_f32(t);
-            if let Some(p) = x.iter().position(|v| !v.is_finite()) {
-                return Err(LgnError::invalid(
-                    "data",
-                    format!(
-                        "tensor `{}` has a non-finite value at element {p}; store it raw",
-                        t.name
-                    ),
-                ));
+        // Outliers only where clustering loses something: a group with at most k distinct
+        // blocks is stored exactly without them (taking some out would only add blocks).
+        let mut fraction = 0.0;
+        loop {
+            for (mi, m) in members.iter_mut().enumerate() {
+                let t = &inputs[m.input];
+                cancelled(&Event {
+                    phase: format!("prepare g{gi}"),
+                    done: mi,
+                    total: member_inputs.len(),
+                })?;
+                let mut x = to_f32(t);
+                if let Some(p) = x.iter().position(|v| !v.is_finite()) {
+                    return Err(LgnError::invalid(
+                        "data",
+                        format!(
+                            "tensor `{}` has a non-finite value at element {p}; store it raw",
+                            t.name
+                        ),
+                    ));
+                }
+                // Outliers are stored exactly: they are zero for scaling and clustering.
+                let pos = select_outliers(&x, m.grid.rows, m.grid.cols, fraction);
+                let vals = pos.iter().map(|&p| x[p as usize]).collect();
+                for &p in &pos {
+                    x[p as usize] = 0.0;
+                }
+                m.outliers = (pos, vals);
+                m.scales =
+                    scale::compute(&x, m.grid.rows, m.grid.cols, spec.scale, spec.scale_stat);
+                let mul = m.scales.as_ref().map(|s| s.row_multipliers(m.grid.rows));
+                let out = &mut data[m.first_block * dim..(m.first_block + m.grid.n_blocks()) * dim];
+                extract(&x, &m.grid, mul.as_deref(), out);
             }
-            // Outliers are stored exactly: they are zero for scaling and clustering.
-            let pos = select_outliers(&x, m.grid.rows, m.grid.cols, spec.outliers);
-            let vals = pos.iter().map(|&p| x[p as usize]).collect();
-            for &p in &pos {
-                x[p as usize] = 0.0;
+            if fraction > 0.0 || spec.outliers == 0.0 || distinct_at_most(&data, dim, spec.k) {
+                break;
             }
-            m.outliers = (pos, vals);
-            m.scales = scale::compute(&x, m.grid.rows, m.grid.cols, spec.scale, spec.scale_stat);
-            let mul = m.scales.as_ref().map(|s| s.row_multipliers(m.grid.rows));
-            let out = &mut data[m.first_block * dim..(m.first_block + m.grid.n_blocks()) * dim];
-            extract(&x, &m.grid, mul.as_deref(), out);
+            fraction = spec.outliers;
         }
         let mut stage_ids = Vec::with_capacity(n_stages);
         let mut assignments = Vec::with_capacity(n_stages);

@@ -174,3 +174,31 @@ fn outlier_fraction_is_checked() {
         assert!(err.to_string().contains("outliers"), "{err}");
     }
 }
+
+#[test]
+fn exact_groups_take_no_outliers() {
+    // Four distinct 2x4 blocks (k = 16 >= 4), no scaling: stored exactly, so no element needs
+    // keeping aside.
+    let x: Vec<f32> = (0..ROWS * COLS)
+        .map(|i| [0.5f32, -2.0, 7.0, 0.25][(i / COLS / 2 + i % COLS / 4) % 4] * 100.0)
+        .collect();
+    let data = f32_bytes(&x);
+    let input = TensorInput {
+        name: "w".into(),
+        dtype: Dtype::F32,
+        shape: vec![ROWS, COLS],
+        data: &data,
+        group: Some(0),
+        stages: None,
+    };
+    let mut opts = options(0.05, 1);
+    opts.groups[0].scale = ScaleMode::None;
+    let (bytes, report) = compress(&[input], &opts, &|_| true)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    assert_eq!(report.tensors[0].outliers, 0);
+    let f = LgnFile::from_bytes(bytes).unwrap();
+    assert_eq!(f.version(), Some((1, 0)));
+    assert!(f.decode_f32("w").unwrap() == x, "decoded exactly");
+}
