@@ -20,9 +20,10 @@ def test_max_error_picks_the_smallest_file_meeting_it(tmp_path, model):
     r = legofmt.save(model, path, max_error=0.02, progress=False)
     assert r.max_rel_mse <= 0.02
     assert os.path.getsize(path) == r.file_bytes
-    # Every built-in candidate with the given k (no k/4 ones: those are for target_ratio),
-    # then per-tensor refinements of those that missed the bound.
+    # Every built-in candidate with the given k (no k/4 ones: those are for target_ratio), with
+    # the default outliers and without, then per-tensor refinements of those that missed the bound.
     builtin = [{**c, "k": 256} for c in legofmt._target.CANDIDATES]
+    builtin += [{**c, "outliers": 0.0} for c in builtin]
     assert [c.options for c in r.search[: len(builtin)]] == builtin
     refined = r.search[len(builtin) :]
     for c in refined:
@@ -59,14 +60,20 @@ def test_target_ratio_allocates_stages_per_tensor(tmp_path, model):
     r = legofmt.save(model, tmp_path / "m.lgn", target_ratio=10, progress=False)
     plans = [c for c in r.search if isinstance(c.options["stages"], dict)]
     uniform = [c for c in r.search if isinstance(c.options["stages"], int)]
-    assert len(uniform) == 2 * len(legofmt._target.CANDIDATES) and plans  # k=256 and k=64
+    # k=256 and k=64, each with the default outliers and without
+    assert len(uniform) == 4 * len(legofmt._target.CANDIDATES) and plans
     for c in plans:
         assert set(c.options["stages"]) == {t.name for t in r.tensors if t.codebook == "shared"}
         assert len(set(c.options["stages"].values())) > 1
     fitting = [c for c in plans if c.ratio >= 10]
     assert fitting
     for c in fitting:  # each plan beats every uniform file of its block shape and k that fits
-        same = [u for u in uniform if u.options["block"] == c.options["block"] and u.options["k"] == c.options["k"]]
+        same = [
+            u
+            for u in uniform
+            if (u.options["block"], u.options["k"], u.options.get("outliers"))
+            == (c.options["block"], c.options["k"], c.options.get("outliers"))
+        ]
         assert c.mean_rel_mse < min(u.mean_rel_mse for u in same if u.ratio >= 10)
     assert r.ratio >= 10
     # The chosen plan is what was written: its tensors have the stage counts it names.
