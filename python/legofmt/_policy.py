@@ -4,7 +4,7 @@ The rules, in order (the first that applies decides):
 
 1. a name matching one of the ``raw`` glob patterns stays raw;
 2. non-float tensors (integers, bool, F64) stay raw;
-3. tensors of rank < 2 (biases, norms, scalars) stay raw: format 1.0 clusters rank >= 2 only;
+3. tensors of rank < 2 (biases, norms, scalars) stay raw: the format clusters rank >= 2 only;
 4. depthwise convolutions (rank 4 with one input channel per group, ``shape[1] == 1``) are
    *sensitive*, unless ``cluster_depthwise`` puts them into the shared codebook: each of their
    rows is a whole 3x3/5x5 filter with nothing to share, and clustering them with the other
