@@ -352,17 +352,19 @@ struct StageResult {
     assignments: Vec<u32>,
 }
 
-/// Whether `data` (`n x dim`) holds at most `k` distinct blocks (bit patterns).
-fn distinct_at_most(data: &[f32], dim: usize, k: usize) -> bool {
+/// The distinct blocks (bit patterns) of `data` (`n x dim`), each numbered in order of first
+/// appearance, or `None` as soon as there are more than `k`.
+fn distinct_blocks(data: &[f32], dim: usize, k: usize) -> Option<HashMap<&[u32], u32>> {
+    let mut distinct: HashMap<&[u32], u32> = HashMap::new();
     let bits: &[u32] = bytemuck::cast_slice(data);
-    let mut seen: HashSet<&[u32]> = HashSet::new();
-    for b in bits.chunks_exact(dim) {
-        seen.insert(b);
-        if seen.len() > k {
-            return false;
+    for key in bits.chunks_exact(dim) {
+        let len = distinct.len() as u32;
+        distinct.entry(key).or_insert(len);
+        if distinct.len() > k {
+            return None;
         }
     }
-    true
+    Some(distinct)
 }
 
 /// Clusters `data` (`n x dim`) into at most `k` codewords. When the data has at most `k`
@@ -377,20 +379,8 @@ fn cluster(
     progress: ProgressFn<'_>,
 ) -> Result<StageResult> {
     let n = data.len() / dim;
-    // Distinct blocks, stopping as soon as there are more than k.
-    let mut distinct: HashMap<&[u32], u32> = HashMap::new();
-    let bits: &[u32] = bytemuck::cast_slice(data);
-    let mut exact = true;
-    for b in 0..n {
-        let key = &bits[b * dim..(b + 1) * dim];
-        let len = distinct.len() as u32;
-        distinct.entry(key).or_insert(len);
-        if distinct.len() > k {
-            exact = false;
-            break;
-        }
-    }
-    if exact {
+    if let Some(distinct) = distinct_blocks(data, dim, k) {
+        let bits: &[u32] = bytemuck::cast_slice(data);
         let kk = distinct.len().max(2);
         let mut centroids = vec![0f32; kk * dim];
         for (key, &i) in &distinct {
@@ -410,7 +400,6 @@ fn cluster(
             assignments,
         });
     }
-    drop(distinct);
     let mut p = KMeansParams::new(k);
     p.seed = seed;
     if let Some(b) = opts.batch_size {
@@ -525,7 +514,10 @@ pub fn compress<'a>(
                 let out = &mut data[m.first_block * dim..(m.first_block + m.grid.n_blocks()) * dim];
                 extract(&x, &m.grid, mul.as_deref(), out);
             }
-            if fraction > 0.0 || spec.outliers == 0.0 || distinct_at_most(&data, dim, spec.k) {
+            if fraction > 0.0
+                || spec.outliers == 0.0
+                || distinct_blocks(&data, dim, spec.k).is_some()
+            {
                 break;
             }
             fraction = spec.outliers;
