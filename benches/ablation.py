@@ -70,7 +70,7 @@ def target(task: accuracy.Task) -> None:
     try:
         for outliers in (0.0, 0.001):
             for on in (False, True):
-                legofmt._target._error_weights = weights if on else (lambda obj: {})  # type: ignore[assignment]
+                legofmt._target._error_weights = weights if on else (lambda found: {})  # type: ignore[assignment]
                 for seed in (0, 1, 2):
                     ratio, vals = measure(task, target_ratio=8, outliers=outliers, seed=seed)
                     cells = " | ".join(task.cells(vals))

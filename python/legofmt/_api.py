@@ -288,9 +288,10 @@ def save(
         group_of = [len(groups) - 1 if dec.target == SENSITIVE else g for g, dec in zip(group_of, decisions)]
     tensors = [(n, d, list(s), data, g) for (n, d, s, data), g in zip(items, group_of)]
     wanted = options.get("bias_correction")
+    why_not = _bias_wanted(obj, wanted)
     # With bias correction the clustered file is written aside, then rewritten to ``path`` with
     # the corrected raw tensors: ``path`` never holds a partial or uncorrected file.
-    aside = not _bias_wanted(obj, wanted)
+    aside = not why_not
     out = _temp_beside(path) if aside else os.fspath(path)
     bar = _progress_bar(options.get("progress"))
     try:
@@ -329,7 +330,7 @@ def save(
         for t, dec in zip(r["tensors"], decisions)
     ]
     corrected: dict[str, str] = {}
-    note = "off"
+    note = why_not
     if aside:
         corrected, note = _finish(obj, wanted, out, os.fspath(path), reports)
         reports = _with_reasons(reports, corrected)
@@ -343,8 +344,24 @@ def save(
         tensors=reports,
         codebooks=r["codebooks"],
         bias_corrected=corrected,
-        bias_note=note if aside else _bias_wanted(obj, wanted),
+        bias_note=note,
     )
+
+
+def _is_module(obj: Any) -> bool:
+    """Whether ``obj`` is a ``torch.nn.Module`` (without importing torch: if it was never
+    imported, ``obj`` cannot be one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _analysis(obj: Any) -> Any:
+    """:func:`legofmt._bias.analyse` of ``obj`` when it is a module, else ``None``."""
+    if not _is_module(obj):
+        return None
+    from . import _bias
+
+    return _bias.analyse(obj)
 
 
 def _bias_wanted(obj: Any, wanted: Any) -> str:
@@ -353,8 +370,7 @@ def _bias_wanted(obj: Any, wanted: Any) -> str:
         raise InvalidArgumentError(f"bias_correction must be True, False or None, got {wanted!r}")
     if wanted is False:
         return "off"
-    torch = sys.modules.get("torch")  # not imported: obj cannot be a module
-    if torch is None or not isinstance(obj, torch.nn.Module):
+    if not _is_module(obj):
         if wanted:
             raise InvalidArgumentError(
                 "bias_correction=True needs the torch.nn.Module (its graph tells which layer feeds which), "
@@ -364,25 +380,27 @@ def _bias_wanted(obj: Any, wanted: Any) -> str:
     return ""
 
 
-def _bias_plan(obj: Any, wanted: Any, clustered: set[str]) -> tuple[list[Any], str]:
+def _bias_plan(obj: Any, wanted: Any, clustered: set[str], found: Any = None) -> tuple[list[Any], str]:
     """The bias corrections to make (see :mod:`legofmt._bias`) for the layers whose weight is
-    clustered, and a note saying why there are none when that is so."""
+    clustered, and a note saying why there are none when that is so. ``found``: the module's
+    :func:`_analysis` when the caller already has it."""
     why = _bias_wanted(obj, wanted)
     if why:
         return [], why
-    from . import _bias
-
-    found = _bias.analyse(obj)
+    if found is None:
+        found = _analysis(obj)
     corrections = [c for c in found.corrections if c.weight in clustered]
     if corrections:
         return corrections, ""
     return [], found.note or "no clustered layer to correct"
 
 
-def _finish(obj: Any, wanted: Any, src: str, dest: str, tensors: list[TensorReport]) -> tuple[dict[str, str], str]:
+def _finish(
+    obj: Any, wanted: Any, src: str, dest: str, tensors: list[TensorReport], found: Any = None
+) -> tuple[dict[str, str], str]:
     """Moves the written file ``src`` to ``dest``, bias-corrected if ``wanted`` allows (see
     :func:`_bias_plan`); returns the corrected tensors and the note of :class:`SaveReport`."""
-    corrections, note = _bias_plan(obj, wanted, {t.name for t in tensors if t.clustered})
+    corrections, note = _bias_plan(obj, wanted, {t.name for t in tensors if t.clustered}, found)
     if not corrections:
         os.replace(src, dest)
         return {}, note
