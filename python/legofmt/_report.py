@@ -51,6 +51,8 @@ class Candidate:
 
     options: dict[str, Any]
     file_bytes: int
+    """Bytes of the candidate's file; for the chosen one, of the file written (with the bias
+    correction's metadata note, if any), as in the :class:`SaveReport`."""
     ratio: float
     max_rel_mse: float
     mean_rel_mse: float

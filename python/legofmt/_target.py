@@ -324,11 +324,14 @@ def search(
             for _, o, _ in tried
         )
 
+    # The chosen file may have grown by bias correction's metadata note: its row says what was written.
+    final = os.path.getsize(path)
+    b = best[1]
     table = [
         Candidate(
             options=c,
-            file_bytes=r.file_bytes,
-            ratio=r.ratio,
+            file_bytes=final if p == best[2] else r.file_bytes,
+            ratio=b.fp32_bytes / max(final, 1) if p == best[2] else r.ratio,
             max_rel_mse=r.max_rel_mse,
             mean_rel_mse=_mean_rel_mse(r),
             weighted_rel_mse=_mean_rel_mse(r, weights),
@@ -338,10 +341,9 @@ def search(
         )
         for c, r, p in tried
     ]
-    b = best[1]
     return SaveReport(
         path=os.fspath(path),
-        file_bytes=os.path.getsize(path),
+        file_bytes=final,
         fp32_bytes=b.fp32_bytes,
         source_bytes=b.source_bytes,
         numel=b.numel,
