@@ -179,6 +179,9 @@ def test_target_mode_corrects_the_chosen_file(tmp_path, net_and_inputs):
     r = legofmt.save(net, tmp_path / "t.lgn", k=16, target_ratio=4, min_size=0)
     assert r.search and "fc.bias" in r.bias_corrected
     assert r.file_bytes == os.path.getsize(tmp_path / "t.lgn")
+    # The chosen candidate's row is the file written, metadata note included.
+    chosen = next(c for c in r.search if c.chosen)
+    assert chosen.file_bytes == r.file_bytes and chosen.ratio == pytest.approx(r.ratio)
     assert sorted(os.listdir(tmp_path)) == ["t.lgn"]
 
 
@@ -230,3 +233,21 @@ def test_target_ratio_ranks_by_the_weighted_error(tmp_path, net_and_inputs):
     # A state dict has no graph: plain mean.
     d = legofmt.save(net.state_dict(), tmp_path / "d.lgn", k=16, target_ratio=3, min_size=0)
     assert all(c.weighted_rel_mse == c.mean_rel_mse for c in d.search)
+
+
+def test_finetune_starts_from_the_corrected_file(tmp_path, net_and_inputs):
+    """legofmt.finetune's student is the model as the file loads it: with the corrected biases
+    and running means, not the model's own. Its starting held-out loss is the loaded model's."""
+    net, x = net_and_inputs
+    path = tmp_path / "ft.lgn"
+    r = legofmt.save(net, path, k=8, block=(1, 4), stages=1, min_size=0)
+    assert r.bias_corrected
+    ft = legofmt.finetune(net, path, x, steps=0, batch_size=32)
+    loaded = Net()
+    loaded.load_state_dict(net.state_dict())
+    legofmt.load_into(loaded, path)
+    loaded.eval()
+    held_out = [b for i, b in enumerate(x.split(32)) if i % 5 == 4]
+    with torch.no_grad():
+        losses = [((loaded(b) - net(b)) ** 2).mean() / (net(b) ** 2).mean() for b in held_out]
+    assert ft.loss_before == pytest.approx(float(sum(losses)) / len(losses), rel=1e-4)

@@ -258,6 +258,16 @@ def finetune(
             ]
             scale_names = sorted({c.scale["tensor"] for c in clustered if c.scale is not None})
             scale0 = {n: f.get_tensor(n) for n in scale_names}
+            # The student runs with the file's raw tensors where they differ from the model's
+            # (bias correction moves biases and running means): it is the model as loaded.
+            raw: dict[str, torch.Tensor] = {}
+            for t in manifest["tensors"]:
+                own = params.get(t["name"])
+                if t["encoding"] != "raw" or own is None or tuple(own.shape) != tuple(t["shape"]):
+                    continue
+                stored_raw = f.get_tensor(t["name"]).to(own.dtype)
+                if not torch.equal(stored_raw, own.detach().cpu()):
+                    raw[t["name"]] = stored_raw.to(own.device)
     finally:
         reader.close()
     log_s = {n: torch.nn.Parameter(torch.zeros(s.shape)) for n, s in scale0.items()}
@@ -289,7 +299,7 @@ def finetune(
 
     def weights(stored: bool = False) -> dict[str, torch.Tensor]:
         sv = scale_values(stored)
-        return {c.name: c.weight(cbs, sv).to(params[c.name].dtype) for c in clustered}
+        return {**raw, **{c.name: c.weight(cbs, sv).to(params[c.name].dtype) for c in clustered}}
 
     was_training = model.training
     model.eval()
