@@ -106,13 +106,12 @@ def calibration(task: accuracy.Classifier) -> None:
     print("| calibration | measured on | ratio vs fp32 | top-1 | agreement | KL |")
     print("|---|---|---|---|---|---|")
     image = (np.arange(len(task.x)) % (len(task.x) // 2)) // 5  # x holds 5 crops per image, then their flips
-    folds = [np.flatnonzero(image < 10), np.flatnonzero(image >= 10)]
+    folds = {"images 1-10": np.flatnonzero(image < 10), "images 11-20": np.flatnonzero(image >= 10)}
     teacher = task.make()
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.lgn")
-        legofmt.save(teacher, path, target_ratio=8, progress=False)
-        for f, (cal, test) in enumerate(((folds[0], folds[1]), (folds[1], folds[0]))):
-            names = ("images 1-10", "images 11-20") if f == 0 else ("images 11-20", "images 1-10")
+        fp32 = legofmt.save(teacher, path, target_ratio=8, progress=False).fp32_bytes
+        for cal, test in (("images 1-10", "images 11-20"), ("images 11-20", "images 1-10")):
             for how, opts in (
                 ("none (data-free)", None),
                 ("finetune", {}),
@@ -121,21 +120,15 @@ def calibration(task: accuracy.Classifier) -> None:
                 tuned = os.path.join(d, "t.lgn")
                 shutil.copy(path, tuned)
                 if opts is not None:
-                    legofmt.finetune(teacher, tuned, task.x[cal], progress=False, **task.finetune, **opts)
+                    legofmt.finetune(teacher, tuned, task.x[folds[cal]], progress=False, **task.finetune, **opts)
                 m = task.make()
                 legofmt.load_into(m, tuned)
                 with torch.no_grad():
-                    out = m(task.x[test])
-                base = task.base[test]
-                acc = float((out.argmax(1).numpy() == task.y[test]).mean())
-                agree = float((out.argmax(1) == base.argmax(1)).float().mean())
-                kl = torch.nn.functional.kl_div(
-                    out.log_softmax(1), base.log_softmax(1), log_target=True, reduction="batchmean"
-                )
-                label = how if opts is None else f"{how} on {names[0]}"
-                ratio = 4 * sum(t.numel() for t in m.state_dict().values()) / os.path.getsize(tuned)
-                cells = f"{ratio:.2f}x | {100 * acc:.1f}% | {100 * agree:.1f}% | {float(kl):.4f}"
-                print(f"| {label} | {names[1]} | {cells} |", flush=True)
+                    out = m(task.x[folds[test]])
+                vals = task.scores(out, task.base[folds[test]], task.y[folds[test]])
+                label = how if opts is None else f"{how} on {cal}"
+                cells = " | ".join(task.cells(vals))
+                print(f"| {label} | {test} | {fp32 / os.path.getsize(tuned):.2f}x | {cells} |", flush=True)
     print()
 
 

@@ -212,11 +212,14 @@ class Classifier(Task):
     def metrics(self, model: Any) -> list[float]:
         with torch.no_grad():
             out = self.run(model)
-        agree = float((out.argmax(1) == self.base.argmax(1)).float().mean())
-        acc = float((out.argmax(1).numpy() == self.y).mean())
-        kl = torch.nn.functional.kl_div(
-            out.log_softmax(1), self.base.log_softmax(1), log_target=True, reduction="batchmean"
-        )
+        return self.scores(out, self.base, self.y)
+
+    @staticmethod
+    def scores(out: torch.Tensor, base: torch.Tensor, y: np.ndarray[Any, Any]) -> list[float]:
+        """Top-1 against the labels ``y``, top-1 agreement with and KL from the fp32 logits ``base``."""
+        agree = float((out.argmax(1) == base.argmax(1)).float().mean())
+        acc = float((out.argmax(1).numpy() == y).mean())
+        kl = torch.nn.functional.kl_div(out.log_softmax(1), base.log_softmax(1), log_target=True, reduction="batchmean")
         return [acc, agree, float(kl)]
 
 

@@ -6,8 +6,9 @@ and the per-row scales hold can still move: every weight of the network is a dif
 function of them (section 9 of the spec, "Reconstruction"). :func:`finetune` rebuilds the
 clustered weights from the file's codebooks, indices and scales with torch, runs the model on
 calibration inputs with those weights (and with the file's raw tensors where they differ from the
-model's: bias correction moves biases and running means), and moves the codewords and scales by Adam so that the
-outputs match the uncompressed model's outputs on the same inputs (no labels needed). Only the
+model's: bias correction moves biases and running means), and moves the codewords and scales by
+Adam so that the outputs match the uncompressed model's outputs on the same inputs (no labels
+needed). Only the
 codebooks and scales change, so the data keeps its size and layout: the indices, the raw tensors
 and the manifest are copied, the CRC-32s of the changed tensors recomputed
 (:meth:`legofmt._legofmt.Reader.rewrite`).

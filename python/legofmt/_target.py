@@ -28,6 +28,7 @@ Every candidate is reported in ``SaveReport.search``, with the Pareto-optimal on
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable
@@ -313,6 +314,10 @@ def search(
         else:
             best = min(tried, key=lambda t: t[1].max_rel_mse)
         corrected, note = _finish(obj, wanted, best[2], path, best[1].tensors, found)
+        # The chosen file may have grown by bias correction's metadata note: its report (its row
+        # of the table, and the returned report) says what was written.
+        i = tried.index(best)
+        best = tried[i] = (best[0], dataclasses.replace(best[1], file_bytes=os.path.getsize(path)), best[2])
 
     # Pareto front in (ratio, the error the choice was made on).
     def score(r: SaveReport) -> float:
@@ -324,14 +329,11 @@ def search(
             for _, o, _ in tried
         )
 
-    # The chosen file may have grown by bias correction's metadata note: its row says what was written.
-    final = os.path.getsize(path)
-    b = best[1]
     table = [
         Candidate(
             options=c,
-            file_bytes=final if p == best[2] else r.file_bytes,
-            ratio=b.fp32_bytes / max(final, 1) if p == best[2] else r.ratio,
+            file_bytes=r.file_bytes,
+            ratio=r.ratio,
             max_rel_mse=r.max_rel_mse,
             mean_rel_mse=_mean_rel_mse(r),
             weighted_rel_mse=_mean_rel_mse(r, weights),
@@ -341,9 +343,10 @@ def search(
         )
         for c, r, p in tried
     ]
+    b = best[1]
     return SaveReport(
         path=os.fspath(path),
-        file_bytes=final,
+        file_bytes=b.file_bytes,
         fp32_bytes=b.fp32_bytes,
         source_bytes=b.source_bytes,
         numel=b.numel,
