@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _legofmt
 from ._dtypes import NP_DTYPES, np_bytes, np_name, require_torch, torch_bytes, torch_dtypes, torch_name
+from ._legofmt import MAX_BLOCK_SIDE, MAX_K, MAX_OUTLIER_FRACTION, MAX_STAGES, MIN_K
 from ._policy import RAW, SENSITIVE, SHARED, decide
 from ._report import FileInfo, SaveReport, TensorInfo, TensorReport
 from .errors import InvalidArgumentError
@@ -28,8 +29,6 @@ Framework = Literal["pt", "np"]
 DEFAULT_K = 256
 DEFAULT_BLOCK = (2, 2)
 DEFAULT_STAGES = 3
-#: Most residual stages a tensor may have (the format's limit).
-MAX_STAGES = 16
 
 #: Tensors with fewer elements than this are sensitive (their own codebook) unless ``min_size``
 #: says otherwise.
@@ -41,7 +40,7 @@ DEFAULT_MIN_SIZE = 4096
 DEFAULT_SENSITIVE: dict[str, Any] = {"block": (1, 1), "k": 256, "stages": 1, "scale": "row", "outliers": 0.0}
 
 #: Largest ``outliers`` fraction (the format stores each outlier in 8 bytes).
-MAX_OUTLIERS = 0.5
+MAX_OUTLIERS = MAX_OUTLIER_FRACTION
 #: Fraction of each shared-codebook tensor's elements stored exactly by default (format 2.0):
 #: 0.1% costs about 0.064 bits per weight (1.4% of a default file). Measured (README, "Outliers"):
 #: all-MiniLM-L6-v2's defaults keep cosine 0.9959 instead of 0.9934 (1x2 blocks, one stage:
@@ -121,15 +120,17 @@ def _stages_for(name: str, stages: Any) -> Any:
 
 
 def _checked_k_block(k: Any, block: Any, what: str = "") -> tuple[int, tuple[int, int]]:
-    """``k`` (2..65536) and ``block`` (two sides in 1..8) checked; ``what`` prefixes the error."""
-    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 65536:
-        raise InvalidArgumentError(f"{what}k must be an int in 2..65536, got {k!r}")
+    """``k`` (MIN_K..MAX_K) and ``block`` (two sides in 1..MAX_BLOCK_SIDE) checked; ``what`` prefixes the error."""
+    if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
+        raise InvalidArgumentError(f"{what}k must be an int in {MIN_K}..{MAX_K}, got {k!r}")
     if (
         not isinstance(block, (tuple, list))
         or len(block) != 2
-        or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 8 for b in block)
+        or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= MAX_BLOCK_SIDE for b in block)
     ):
-        raise InvalidArgumentError(f"{what}block must be (height, width) with sides in 1..8, got {block!r}")
+        raise InvalidArgumentError(
+            f"{what}block must be (height, width) with sides in 1..{MAX_BLOCK_SIDE}, got {block!r}"
+        )
     return k, (int(block[0]), int(block[1]))
 
 

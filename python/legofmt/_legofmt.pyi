@@ -7,6 +7,12 @@ import numpy as np
 import numpy.typing as npt
 
 FORMAT_VERSION: str
+MIN_K: int
+MAX_K: int
+MAX_STAGES: int
+MAX_BLOCK_SIDE: int
+MAX_OUTLIER_FRACTION: float
+MAX_RANK: int
 __version__: str
 
 def compress_to_file(

@@ -34,7 +34,8 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from ._api import DEFAULT_K, MAX_STAGES, _analysis, _bias_wanted, _finish, _with_reasons
+from ._api import DEFAULT_K, _analysis, _bias_wanted, _finish, _with_reasons
+from ._legofmt import MAX_STAGES
 from ._report import Candidate, SaveReport
 from .errors import InvalidArgumentError
 

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from . import _legofmt
-from ._api import DEFAULT_BLOCK, DEFAULT_STAGES, info, open, save
+from ._api import DEFAULT_BLOCK, DEFAULT_K, DEFAULT_STAGES, info, open, save
+from ._legofmt import MAX_K, MIN_K
 from ._report import search_table
 from .errors import InvalidArgumentError, LgnError
 
@@ -157,7 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="compress a .safetensors or .pt/.pth state dict into .lgn")
     c.add_argument("src", help="input .safetensors, .pt or .pth file")
     c.add_argument("-o", "--output", required=True, help="output .lgn file")
-    c.add_argument("-k", "--k", type=int, default=256, help="codewords in the shared codebook, 2..65536 (default 256)")
+    c.add_argument(
+        "-k",
+        "--k",
+        type=int,
+        default=DEFAULT_K,
+        help=f"codewords in the shared codebook, {MIN_K}..{MAX_K} (default {DEFAULT_K})",
+    )
     c.add_argument(
         "--block",
         type=_parse_block,

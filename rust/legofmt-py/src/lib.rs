@@ -659,6 +659,16 @@ fn _legofmt(m: &Bound<'_, PyModule>) -> PyResult<()> {
             legofmt::format::manifest::FORMAT_MINOR
         ),
     )?;
+    // The limits, from their one definition in the core crate.
+    m.add("MIN_K", legofmt::limits::MIN_K)?;
+    m.add("MAX_K", legofmt::limits::MAX_K)?;
+    m.add("MAX_STAGES", legofmt::limits::MAX_STAGES)?;
+    m.add("MAX_BLOCK_SIDE", legofmt::limits::MAX_BLOCK_SIDE)?;
+    m.add(
+        "MAX_OUTLIER_FRACTION",
+        legofmt::limits::MAX_OUTLIER_FRACTION,
+    )?;
+    m.add("MAX_RANK", legofmt::limits::MAX_RANK)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

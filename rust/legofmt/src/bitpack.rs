@@ -8,10 +8,7 @@
 
 use crate::error::{LgnError, Result};
 
-/// Smallest and largest supported index width in bits.
-pub const MIN_BITS: u32 = 1;
-/// Largest supported index width in bits (k <= 65536).
-pub const MAX_BITS: u32 = 16;
+pub use crate::limits::{MAX_BITS, MIN_BITS};
 
 /// Bits needed to store indices `0..k`: `ceil(log2(k))`, at least 1.
 pub fn bits_for_k(k: usize) -> u32 {

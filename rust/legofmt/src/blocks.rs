@@ -8,8 +8,7 @@
 
 use crate::error::{LgnError, Result};
 
-/// Largest block side.
-pub const MAX_BLOCK_SIDE: usize = 8;
+pub use crate::limits::MAX_BLOCK_SIDE;
 
 /// A block shape `bh x bw`, each side in `1..=8`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -24,10 +24,7 @@ use crate::format::writer::{self, Piece};
 use crate::kmeans::{self, KMeansParams, Progress as KProgress};
 use crate::scale::{self, ScaleMode, ScaleStat, Scales};
 
-/// Largest accepted k.
-pub const MAX_K: usize = 65536;
-/// Largest accepted outlier fraction.
-pub const MAX_OUTLIER_FRACTION: f64 = 0.5;
+pub use crate::limits::{MAX_K, MAX_OUTLIER_FRACTION};
 
 /// The clustering settings of one codebook group.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,12 +17,7 @@ use crate::error::{LgnError, Result};
 
 /// Bytes of the header-length prefix.
 pub const PREFIX_LEN: usize = 8;
-/// Largest accepted JSON header (same bound as safetensors).
-pub const MAX_HEADER_LEN: usize = 100 * 1024 * 1024;
-/// Largest accepted number of stored tensors.
-pub const MAX_TENSORS: usize = 10_000_000;
-/// Largest accepted tensor rank.
-pub const MAX_RANK: usize = 32;
+pub use crate::limits::{MAX_HEADER_LEN, MAX_RANK, MAX_TENSORS};
 /// The metadata key of the safetensors header.
 pub const METADATA_KEY: &str = "__metadata__";
 

@@ -24,8 +24,7 @@ pub const VERSION_KEY: &str = "lgn.version";
 pub const MANIFEST_KEY: &str = "lgn.manifest";
 /// Prefix reserved for legofmt's metadata keys.
 pub const RESERVED_PREFIX: &str = "lgn.";
-/// Largest accepted number of residual stages of one tensor.
-pub const MAX_STAGES: usize = 16;
+pub use crate::limits::MAX_STAGES;
 
 /// Name of the stored tensor holding codebook `i`.
 pub fn codebook_name(i: usize) -> String {

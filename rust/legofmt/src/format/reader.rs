@@ -49,8 +49,7 @@ const FALLBACK_CHUNK: usize = 1 << 16;
 /// The name errors use for a file read through [`LgnFile::from_reader`].
 const READER_NAME: &str = "<reader>";
 
-/// Largest accepted codebook size.
-pub const MAX_K: usize = 65536;
+pub use crate::limits::MAX_K;
 
 /// How a logical tensor is stored.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,12 +2,7 @@
 
 use crate::error::{LgnError, Result};
 
-/// Smallest number of clusters accepted.
-pub const MIN_K: usize = 2;
-/// Largest number of clusters accepted (indices are at most 16 bits wide).
-pub const MAX_K: usize = 65536;
-/// Largest vector dimension accepted (a block of at most 64 weights).
-pub const MAX_DIM: usize = 64;
+pub use crate::limits::{MAX_BLOCK_DIM as MAX_DIM, MAX_K, MIN_K};
 /// Default budget of the sample ("mini-batch") phase in "epochs" (passes' worth of points), an
 /// upper bound: the phase usually assigns far fewer points (about 3 passes' worth at 1.6M
 /// points and k = 256, under 1.5 at 6.4M).
