@@ -3,7 +3,7 @@
     python benches/accuracy.py --model mnist      # MNIST CNN, 5,000 real MNIST digits
     python benches/accuracy.py --model effnet     # EfficientNet-Lite0, 20 ImageNet images + flips
     python benches/accuracy.py --model minilm     # all-MiniLM-L6-v2, WordNet gloss -> word retrieval
-    ... [--plot benches/out/pareto_MODEL.png]
+    ... [--plot docs/pareto_MODEL.png]      # the same figure as benches/pareto.py draws
 
 For each configuration: the all-in ratio vs fp32 (every byte of the .lgn file), bits per weight,
 the model's metrics, and the time to compress. Classifiers: top-1 accuracy, top-1 agreement with
@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import fixtures
 import legofmt
+import pareto
 from legofmt._policy import SHARED, decide
 from legofmt._report import _option_text
 
@@ -393,14 +394,14 @@ def main() -> None:
     print()
     print(f"| configuration | ratio vs fp32 | bits/weight | {' | '.join(task.columns)} | compress s |")
     print("|---|---|---|" + "---|" * len(task.columns) + "---|")
-    points: list[tuple[str, float, float, bool]] = []
+    points: list[pareto.Row] = []
 
     def row(label: str, size: float, model: Any, secs: float | None) -> None:
         vals = task.metrics(model)
         t = f"{secs:.1f}" if secs is not None else "-"
         cells = task.cells(vals)
         print(f"| {label} | {4 * numel / size:.2f}x | {8 * size / numel:.2f} | {' | '.join(cells)} | {t} |", flush=True)
-        points.append((label, 4 * numel / size, vals[1], label.startswith("baseline")))
+        points.append(pareto.Row(label, 4 * numel / size, dict(zip(task.columns, vals))))
 
     baselines: list[tuple[str, Any]] = [
         ("baseline: int8 per-channel symmetric", lambda m: quantize_int(m, 8)),
@@ -432,21 +433,8 @@ def main() -> None:
                 label = f"{label}, {goal}={c[goal]}: " + ", ".join(_option_text(k, v) for k, v in chosen.items())
             row(label, os.path.getsize(path), m, secs)  # finetune's metadata note included
     if a.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for label, ratio, metric, is_base in points:
-            ax.scatter(ratio, metric, marker="s" if is_base else "o", color="gray" if is_base else "C0")
-            ax.annotate(label.replace("baseline: ", "").replace("**", "")[:28], (ratio, metric), fontsize=6)
-        ax.set_xscale("log")
-        ax.set_xlabel("ratio vs fp32 (all bytes)")
-        ax.set_ylabel(task.columns[1] + " vs fp32" if task.columns[1] == "agreement" else task.columns[1])
-        ax.set_title(f"{a.model}: legofmt (circles) vs baselines (squares)")
         os.makedirs(os.path.dirname(os.path.abspath(a.plot)), exist_ok=True)
-        fig.savefig(a.plot, dpi=120, bbox_inches="tight")
+        pareto.draw(pareto.TITLES[a.model], task.columns, points, a.plot)
         print(f"\nplot: {a.plot}")
 
 
