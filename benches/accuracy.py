@@ -372,7 +372,7 @@ def main() -> None:
         if c.get("min_size") == 0:
             parts.append("all clustered")
         configs.append({"label": "data-aware: " + ", ".join(parts) + ", row scales + finetune", "finetune": True, **c})
-    if a.model == "mnist":  # rows divided by their RMS (scale="row-rms"): see the README, "Defaults"
+    if a.model == "mnist":  # rows divided by their RMS (scale="row-rms"): docs/accuracy.md, "Scalings"
         rms = {"k": 256, "block": (4, 4), "stages": 1, "scale": "row-rms"}
         rms8 = {"k": 128, "block": (1, 8), "stages": 1, "scale": "row-rms"}
         at = next(i for i, c in enumerate(configs) if c["label"] == "target mode")  # before the target rows
