@@ -39,7 +39,8 @@ PERCENT = {"top-1", "agreement"}
 # A KL of 0.0000 (below the table's four decimals) is drawn at this floor of the log axis.
 KL_FLOOR = 5e-5
 # Metrics whose best value is 1 (100%): drawn on a log scale of the distance to it, so that
-# 99%, 99.9% and 100% do not merge. (top, floor: half the tables' last digit, tick labels).
+# 99%, 99.9% and 100% do not merge: (top, floor, ticks). A value within ``floor`` (half the
+# tables' last digit) of the top is drawn at ``top - floor``, where the top's tick sits.
 CLOSE_TO_ONE = {
     "agreement": (100.0, 0.05, [0, 50, 80, 90, 95, 98, 99, 99.5, 99.8, 99.9, 100]),
     "cosine": (1.0, 5e-5, [0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999]),
@@ -124,6 +125,18 @@ def frontier(points: Sequence[tuple[float, float]], lower_is_better: bool) -> li
     return sorted(keep, key=lambda i: points[i][0])
 
 
+def _drawn(metric: str, value: float) -> float:
+    """Where a table value is drawn: KL 0.0000 at the floor of its log axis, an agreement of
+    100.0% or a cosine of 1.0000 where the axis' top tick is."""
+    if metric in LOWER_IS_BETTER:
+        return max(value, KL_FLOOR)
+    if metric in CLOSE_TO_ONE:
+        top, floor, _ = CLOSE_TO_ONE[metric]
+        scale = 100.0 if metric in PERCENT else 1.0
+        return min(value, (top - floor) / scale)
+    return value
+
+
 def _axis_label(metric: str) -> str:
     return {
         "agreement": "top-1 agreement with fp32, % (log scale of 100 - x)",
@@ -146,22 +159,18 @@ def _scale_y(ax: Any, metric: str, ys: Sequence[float]) -> None:
         top, floor, ticks = CLOSE_TO_ONE[metric]
 
         def forward(y: Any) -> Any:
-            return -np.log10(np.maximum(top - np.asarray(y, dtype=float), floor))
+            return -np.log10(np.maximum(top - np.asarray(y, dtype=float), floor / 4))
 
         def inverse(t: Any) -> Any:
             return top - 10.0 ** (-np.asarray(t, dtype=float))
 
         ax.set_yscale("function", functions=(forward, inverse))
-        ax.set_yticks(ticks)
+        ax.set_yticks([min(t, top - floor) for t in ticks])
         ax.set_yticklabels([f"{t:g}" for t in ticks])
-        values = [v for v in ys if v == v]
-        lo = max([t for t in ticks if t <= min(values)], default=ticks[0])
-        hi = min([t for t in ticks if t >= max(values)], default=top)
-        if hi >= top:
-            hi = top - floor / 2
-        else:  # a little room above the best row, in the axis' own units
-            hi = top - (top - hi) / 10**0.06
-        ax.set_ylim(lo, hi)
+        lo = max([t for t in ticks if t <= min(ys)], default=ticks[0])
+        hi = min([t for t in ticks if t >= max(ys)], default=top)
+        hi = min(hi, top - floor)
+        ax.set_ylim(lo, top - (top - hi) / 10**0.08)  # a little room above the best row
         ax.minorticks_off()
         return
     if metric == "MRR":
@@ -187,7 +196,7 @@ def draw(title: str, metrics: Sequence[str], rows: Sequence[Row], path: str) -> 
             members = [r for r in rows if family(r.label) == name]
             if not members:
                 continue
-            pts = [(r.ratio, max(r.metrics[metric], KL_FLOOR) if low else r.metrics[metric]) for r in members]
+            pts = [(r.ratio, _drawn(metric, r.metrics[metric])) for r in members]
             best = frontier(pts, low)
             ax.plot([pts[i][0] for i in best], [pts[i][1] * scale for i in best], "-", color=colour, lw=2, zorder=2)
             for i, (r, (x, y)) in enumerate(zip(members, pts)):
@@ -212,7 +221,7 @@ def draw(title: str, metrics: Sequence[str], rows: Sequence[Row], path: str) -> 
                     zorder=3 if on else 1,
                     clip_on=False,
                 )
-        _scale_y(ax, metric, [(max(r.metrics[metric], KL_FLOOR) if low else r.metrics[metric]) * scale for r in rows])
+        _scale_y(ax, metric, [_drawn(metric, r.metrics[metric]) * scale for r in rows])
         ax.set_xscale("log")
         ticks = [t for t in X_TICKS if min(ratios) / 1.1 <= t <= max(ratios) * 1.1]
         ax.xaxis.set_major_locator(FixedLocator(ticks))
