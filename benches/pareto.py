@@ -254,7 +254,10 @@ def main() -> None:
     p.add_argument("-o", "--output", required=True, help="PNG to write")
     a = p.parse_args()
     with open(a.tables, encoding="utf-8") as f:
-        metrics, rows = parse_table(f.read(), a.model)
+        try:
+            metrics, rows = parse_table(f.read(), a.model)
+        except ValueError as e:
+            p.error(f"{a.tables}: {e}")
     draw(TITLES[a.model], metrics, rows, a.output)
     print(f"{a.output}: {len(rows)} rows of {TITLES[a.model]}")
 
