@@ -1,4 +1,4 @@
-"""Runs every conformance vector through `spec_decoder`, the decoder written from spec/lgn.md alone."""
+"""Runs every conformance vector through `spec/lgn_decoder.py`, the reference decoder written from spec/lgn.md alone."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "spec"))
 
-import spec_decoder as sd
+import lgn_decoder as sd
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 MANIFEST = json.loads((VECTORS / "manifest.json").read_text(encoding="utf-8"))
