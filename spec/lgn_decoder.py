@@ -232,7 +232,7 @@ def _parse_entry(name: str, entry: Any, data_len: int) -> StoredTensor:
         _fail("shape is not a JSON array", name, "header")
     for d in shape:
         if not _is_int(d):
-            _fail(f"shape dimension {_show(d)} is not an integer", name, "header")
+            _fail(f"shape dimension {_show(d)} is not an integer (no fraction, exponent or sign)", name, "header")
         if d < 0:
             _fail(f"shape dimension {d} is negative", name, "header")
         if d > U64_MAX:

@@ -30,8 +30,8 @@ def _ids(vectors: list[dict[str, object]]) -> list[str]:
 
 def test_manifest_counts() -> None:
     assert MANIFEST["format_version"] == "2.0"
-    assert len(VALID) == 54
-    assert len(INVALID) == 88
+    assert len(VALID) == 59
+    assert len(INVALID) == 109
 
 
 @pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))
@@ -41,12 +41,23 @@ def test_valid_vector_bit_exact(vector: dict[str, str]) -> None:
     want = sd.read(VECTORS / vector["expected"])
     assert want.metadata == {}
     assert sorted(got.tensors) == sorted(want.tensors)
+    loose = set(vector.get("nan_bits_unspecified", []))
     for name, arr in got.tensors.items():
         exp = want.tensors[name]
         assert got.dtypes[name] == want.dtypes[name], name
         assert arr.shape == exp.shape, name
         assert arr.dtype == exp.dtype, name
-        assert arr.tobytes() == exp.tobytes(), name
+        if name in loose:  # section 9: NaN from arithmetic, or converted to F16/BF16, is some NaN
+            nan = _nan_mask(arr, got.dtypes[name])
+            assert np.array_equal(nan, _nan_mask(exp, got.dtypes[name])), name
+            assert arr[~nan].tobytes() == exp[~nan].tobytes(), name
+        else:
+            assert arr.tobytes() == exp.tobytes(), name
+
+
+def _nan_mask(a: np.ndarray, dtype: str) -> np.ndarray:
+    """Where a decoded float tensor is NaN (BF16 tensors are uint16 bit patterns)."""
+    return (a & 0x7FFF) > 0x7F80 if dtype == "BF16" else np.isnan(a)
 
 
 @pytest.mark.parametrize("vector", INVALID, ids=_ids(INVALID))
