@@ -31,7 +31,7 @@ def _ids(vectors: list[dict[str, object]]) -> list[str]:
 def test_manifest_counts() -> None:
     assert MANIFEST["format_version"] == "2.0"
     assert len(VALID) == 59
-    assert len(INVALID) == 109
+    assert len(INVALID) == 110
 
 
 @pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))

@@ -32,6 +32,7 @@ INVALID = [e for e in MANIFEST["vectors"] if not e["valid"]]
 KNOWN_READER_BUGS: dict[str, str] = {
     "valid/hand_raw_with_clustered_members.lgn": "the reader type-checks `scale` and `stages` of raw tensors, "
     "which are unknown members there (spec/lgn.md section 6)",
+    "invalid/metadata_duplicate_key.lgn": "the reader accepts a duplicate key in the header's __metadata__",
     "invalid/manifest_duplicate_crc32_key.lgn": "the reader accepts a duplicate key in the manifest's crc32 map",
     "invalid/manifest_duplicate_unknown_member.lgn": "the reader accepts a duplicate unknown manifest member",
     "invalid/outliers_null.lgn": 'the reader takes "outliers": null in a 2.x file for an absent member',

@@ -2001,6 +2001,12 @@ def clarified_invalid_vectors(v: Vectors) -> None:
         ["`z`", "header", "-0"],
     )
     inv(
+        "metadata_duplicate_key",
+        header_bytes(hdr_text.replace('"lgn.manifest":', '"user":"a","user":"b","lgn.manifest":', 1)) + data,
+        "__metadata__ with the user key 'user' twice (no duplicate member names at any level of the header)",
+        ["header", "duplicate"],
+    )
+    inv(
         "header_lone_surrogate",
         header_bytes(hdr_text.replace('"lgn.manifest":', '"user":"\\ud800","lgn.manifest":', 1)) + data,
         "a user metadata value holding the escape \\ud800, a lone surrogate (JSON strings are Unicode scalar values)",

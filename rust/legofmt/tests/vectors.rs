@@ -25,6 +25,10 @@ const KNOWN_READER_BUGS: &[(&str, &str)] = &[
         "the reader type-checks `scale` and `stages` of raw tensors, unknown members there",
     ),
     (
+        "invalid/metadata_duplicate_key.lgn",
+        "the reader accepts a duplicate key in the header's `__metadata__`",
+    ),
+    (
         "invalid/manifest_duplicate_crc32_key.lgn",
         "the reader accepts a duplicate key in the manifest's crc32 map",
     ),
