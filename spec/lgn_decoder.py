@@ -15,7 +15,8 @@ the block rows and the outliers involved. `decode(path)` does both for every ten
 `{name: numpy array}` in the order the spec says readers list them; `read(path)` also returns the
 dtypes and the user metadata. Versions 1.x and 2.x are read. Output arrays: F32 as float32, F16 as
 float16, BF16 as uint16 bit patterns, raw tensors as the numpy dtype of their safetensors dtype
-(raw BF16 also as uint16).
+(raw BF16 also as uint16). numpy cannot hold a dimension of 2^63 or more, so a valid zero-element
+tensor such as `[0, 2^63, 4]` (section 3, rule 2) raises numpy's ValueError when it is decoded.
 """
 
 from __future__ import annotations

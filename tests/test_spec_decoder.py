@@ -191,6 +191,45 @@ def test_row_ranges_decode_like_the_whole_tensor(vector: dict[str, str]) -> None
             assert r.decode_rows(t.name, 1, rows - 1).tobytes() == whole[1 : rows - 1].tobytes(), t.name
 
 
+@pytest.mark.parametrize(
+    ("dtype", "shape", "overflows"),
+    [
+        ("F32", [2**63, 4, 0], True),  # section 3, rule 2: 4 x 2^63 overflows before the 0 is reached
+        ("F32", [0, 2**63, 4], False),  # every partial product is 0
+        ("F32", [2**62, 2, 0], True),  # the element size comes first: 4 x 2^62 overflows
+        ("U8", [2**62, 2, 0], False),
+        ("U8", [2**64 - 1], False),
+        ("I16", [2**63], True),
+        ("F64", [], False),
+    ],
+)
+def test_section3_byte_size_left_to_right(dtype: str, shape: list[int], overflows: bool) -> None:
+    assert sd._byte_size_overflows(sd.DTYPES[dtype][0], shape) is overflows
+
+
+def test_section3_json_rules() -> None:
+    assert sd._nesting_depth('{"a": [[1], {"b": "[[[["}]}') == 3  # brackets inside strings do not count
+    assert sd._nesting_depth('"[\\"]"') == 0
+    ok = "[" * 126 + "]" * 126
+    assert sd._parse_json('{"x": ' + ok + "}", "t", "f") == {"x": sd._parse_json(ok, "t", "f")}
+    bad = [
+        '{"x": ' + "[" * 127 + "]" * 127 + "}",  # 128 levels
+        '{"a": 1, "a": 1}',
+        '{"a": {"b": 1, "b": 2}}',
+        '{"a": NaN}',
+        '{"a": -Infinity}',
+        '{"a": "\\ud800"}',
+        '{"\\udc00": 1}',
+    ]
+    for text in bad:
+        with pytest.raises(sd.SpecError):
+            sd._parse_json(text, "t", "f")
+    # Section 3, rule 4: a fraction, an exponent or -0 is not an integer, whatever its value.
+    values = sd._parse_json('{"a": 5.0, "b": 5e0, "c": -0, "d": 0, "e": 5}', "t", "f")
+    assert [sd._is_int(values[k]) for k in "abcde"] == [False, False, False, True, True]
+    assert values["c"] == 0 and sd._show(values["c"]) == "-0"
+
+
 def test_section10_crc_check_value() -> None:
     import zlib
 
