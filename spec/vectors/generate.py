@@ -24,6 +24,12 @@ printed as a deviation (a reader bug, or a reader older than the vector's versio
 Invalid vectors are byte-level edits of a small valid file, each with the error class a
 conforming reader must raise and words its message must contain. Generation checks them against
 legofmt and prints (but does not abort on) any deviation: a deviation is a reader bug.
+
+The vectors of ``clarified_valid_vectors`` and ``clarified_invalid_vectors`` come last, so that
+adding them left every earlier file byte-identical: they pin the rules spec/lgn.md settled where a
+second implementer had to guess (JSON rules, left-to-right byte sizes, null members, NaN bits...).
+Where a result is a NaN whose bits the spec leaves unspecified, the cross-check lets a NaN match
+any NaN in the tensors the vector lists under ``nan_bits_unspecified``.
 """
 
 from __future__ import annotations
