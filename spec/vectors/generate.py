@@ -15,8 +15,8 @@ Valid vectors come from two writers:
   never writes (every index width 1..16, k = 65536, rounding ties, special scales, padding
   bytes, a newer minor version, a non-canonical layout, plain safetensors files).
 
-For each valid vector, the decoded tensors are computed by the independent reference decoder
-(``tests/reference_decoder.py``), checked bit for bit against ``legofmt.load``, and written as
+For each valid vector, the decoded tensors are computed by the reference decoder
+(``spec/lgn_decoder.py``, written from the spec alone), checked bit for bit against ``legofmt.load``, and written as
 the plain safetensors file ``NAME.expected.safetensors`` (every tensor in its original dtype).
 Generation aborts if the two decoders disagree; a valid vector legofmt rejects outright is
 printed as a deviation (a reader bug, or a reader older than the vector's version).
@@ -24,6 +24,12 @@ printed as a deviation (a reader bug, or a reader older than the vector's versio
 Invalid vectors are byte-level edits of a small valid file, each with the error class a
 conforming reader must raise and words its message must contain. Generation checks them against
 legofmt and prints (but does not abort on) any deviation: a deviation is a reader bug.
+
+The vectors of ``clarified_valid_vectors`` and ``clarified_invalid_vectors`` come last, so that
+adding them left every earlier file byte-identical: they pin the rules spec/lgn.md settled where a
+second implementer had to guess (JSON rules, left-to-right byte sizes, null members, NaN bits...).
+Where a result is a NaN whose bits the spec leaves unspecified, the cross-check lets a NaN match
+any NaN in the tensors the vector lists under ``nan_bits_unspecified``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import shutil
 import struct
@@ -45,11 +52,11 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("RAYON_NUM_THREADS", "2")  # results do not depend on it; keeps the machine usable
 
 import legofmt  # noqa: E402
-import reference_decoder  # noqa: E402
+import lgn_decoder  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # A minimal safetensors / .lgn writer (independent of legofmt)
@@ -121,7 +128,7 @@ def st_file(
             assert p.dtype == "U8"
             p.data += b"\0" * (-(at + len(p.data)) % 8)
             p.shape = [len(p.data)]
-        n = DTYPE_SIZE[p.dtype] * int(np.prod(p.shape, dtype=np.int64))
+        n = DTYPE_SIZE[p.dtype] * math.prod(p.shape)  # exact: shapes of invalid vectors may overflow 64 bits
         assert n == len(p.data), (p.name, n, len(p.data))
         entries[p.name] = {"dtype": p.dtype, "shape": p.shape, "data_offsets": [at, at + n]}
         at += n
@@ -287,12 +294,36 @@ def legofmt_decode(path: Path) -> dict[str, np.ndarray[Any, Any]]:
     return out
 
 
-def check_same(a: dict[str, np.ndarray[Any, Any]], b: dict[str, np.ndarray[Any, Any]], what: str) -> None:
+def nan_mask(a: np.ndarray[Any, Any], dtype: str) -> np.ndarray[Any, Any]:
+    """Where a decoded float tensor holds a NaN (BF16 arrays hold bit patterns)."""
+    if dtype == "BF16":
+        return (a.view("<u2") & 0x7FFF) > 0x7F80  # type: ignore[no-any-return]
+    return np.isnan(a)  # type: ignore[no-any-return]
+
+
+def same_bits(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], dtype: str, nan_any: bool) -> bool:
+    """Bit for bit; with ``nan_any`` (spec/lgn.md section 9: NaN bits unspecified) a NaN matches any NaN."""
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    if x.shape != y.shape or x.dtype != y.dtype:
+        return False
+    if not nan_any:
+        return x.tobytes() == y.tobytes()
+    nx, ny = nan_mask(x, dtype), nan_mask(y, dtype)
+    bits = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[x.dtype.itemsize]
+    return bool(np.array_equal(nx, ny) and np.array_equal(x.view(bits)[~nx], y.view(bits)[~ny]))
+
+
+def check_same(
+    a: dict[str, np.ndarray[Any, Any]],
+    b: dict[str, np.ndarray[Any, Any]],
+    what: str,
+    dtypes: dict[str, str],
+    nan_any: frozenset[str] = frozenset(),
+) -> None:
     if list(a) != list(b) and sorted(a) != sorted(b):
         raise SystemExit(f"{what}: tensor names differ: {sorted(a)} vs {sorted(b)}")
     for k in a:
-        x, y = np.ascontiguousarray(a[k]), np.ascontiguousarray(b[k])
-        if x.shape != y.shape or x.dtype != y.dtype or x.tobytes() != y.tobytes():
+        if not same_bits(a[k], b[k], dtypes[k], k in nan_any):
             raise SystemExit(f"{what}: tensor {k!r} differs between the reference decoder and legofmt.load")
 
 
@@ -317,23 +348,37 @@ class Vectors:
     entries: list[dict[str, Any]] = field(default_factory=list)
     deviations: list[str] = field(default_factory=list)
 
-    def valid(self, name: str, data: bytes | None, description: str, *, ext: str = ".lgn") -> None:
-        """Records a valid vector; ``data`` None means the file was already written (by save)."""
+    def valid(
+        self,
+        name: str,
+        data: bytes | None,
+        description: str,
+        *,
+        ext: str = ".lgn",
+        nan_bits_unspecified: list[str] | None = None,
+    ) -> None:
+        """Records a valid vector; ``data`` None means the file was already written (by save).
+
+        ``nan_bits_unspecified``: tensors holding NaN whose bits section 9 leaves unspecified (NaN
+        from arithmetic or converted to F16/BF16); there a reader's NaN matches any NaN."""
         rel = f"valid/{name}{ext}"
         path = self.out / rel
         if data is not None:
             path.write_bytes(data)
         buf = path.read_bytes()
-        ref, _ = reference_decoder.read(str(path))
+        ref = lgn_decoder.decode(path)
         try:
             got = legofmt_decode(path)
         except legofmt.LgnError as e:  # a reader that rejects a valid file: reported, like invalid-vector deviations
             self.deviations.append(f"{path.name}: legofmt rejects this valid vector: {type(e).__name__}: {e}")
         else:
-            check_same(ref, got, rel)
+            check_same(ref, got, rel, logical_dtypes(buf), frozenset(nan_bits_unspecified or ()))
         exp_rel = f"valid/{name}.expected.safetensors"
         (self.out / exp_rel).write_bytes(expected_file(ref, logical_dtypes(buf)))
-        self.entries.append({"file": rel, "valid": True, "expected": exp_rel, "description": description})
+        entry: dict[str, Any] = {"file": rel, "valid": True, "expected": exp_rel, "description": description}
+        if nan_bits_unspecified:
+            entry["nan_bits_unspecified"] = sorted(nan_bits_unspecified)
+        self.entries.append(entry)
 
     def invalid(
         self,
@@ -622,7 +667,7 @@ def spec_example(v: Vectors) -> None:
     data = b.build()
     v.valid("spec_worked_example", data, "the worked example of spec/lgn.md: F32 [3,1,5], 2x2 blocks, k=3, row scales")
     want = np.array([[[1, 2, 5, 6, 9]], [[1.5, 2, 3.5, 4, 5.5]], [[18, 20, 10, 12, 2]]], dtype=np.float32)
-    got, _ = reference_decoder.read(data)
+    got = lgn_decoder.decode(data)
     assert np.array_equal(got["example"], want), got["example"]
 
 
@@ -855,7 +900,7 @@ def spec_example_outliers(v: Vectors) -> None:
         "version 2.0): an outlier replaces the scaled value",
     )
     want = np.array([[[1, 2, 5, -7.5, 9]], [[1.5, 2, 3.5, 4, 5.5]], [[18, 100, 10, 12, 2]]], dtype=np.float32)
-    got, _ = reference_decoder.read(data)
+    got = lgn_decoder.decode(data)
     assert np.array_equal(got["example"], want), got["example"]
 
 
@@ -1773,6 +1818,300 @@ def invalid_vectors(v: Vectors) -> None:
     )
 
 
+def clarified_valid_vectors(v: Vectors) -> None:
+    """Valid files for the rules spec/lgn.md settles where a second implementer had to guess (issue 17)."""
+    rng = np.random.default_rng(20261208)
+
+    # Raw bytes are not interpreted: BOOL bytes other than 0 and 1 come back unchanged.
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(2 * 2), (1, 2))
+    b.clustered_tensor("w", "F32", [2, 4], [(cb, random_indices(rng, 4, 2))])
+    b.entries.append({"name": "flags", "dtype": "BOOL", "shape": [2, 3], "encoding": "raw"})
+    b.raw.append(Piece("flags", "BOOL", [2, 3], bytes([0, 1, 2, 0x7F, 0x80, 0xFF])))
+    v.valid(
+        "hand_bool_bytes",
+        b.build(),
+        "a raw BOOL tensor holding the bytes 00 01 02 7F 80 FF: raw tensors are not interpreted, so a reader "
+        "returns those bytes unchanged (writers write only 0 and 1)",
+    )
+
+    # Readers infer nothing from stored names: a stored tensor may carry a clustered tensor's own name.
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(3 * 4), (2, 2))
+    b.clustered_tensor("w", "F32", [4, 4], [(cb, random_indices(rng, 4, 3))], scale=("row", "F16", [1, 2, 3, 4]))
+    pieces = b.pieces()
+    for piece in pieces:
+        if piece.name == "w.lgn.idx0":
+            piece.name = "w"
+    man = b.manifest()
+    man["tensors"][0]["stages"][0]["indices"] = "w"
+    v.valid(
+        "hand_stored_name_of_clustered",
+        lgn_file(pieces, man),
+        "the index tensor of the clustered tensor `w` is stored under the name `w` (legofmt would write "
+        "`w.lgn.idx0`): the manifest's references decide, names mean nothing to a reader",
+    )
+
+    # Members that exist only for clustered tensors are not members of a raw tensor: ignored, whatever they hold.
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(2 * 2), (2, 1))
+    b.clustered_tensor(
+        "w", "F32", [3, 2], [(cb, random_indices(rng, 4, 2))], outliers=([1], [-2.0])
+    )  # version 2.0, so `outliers` is a member of clustered tensors
+    b.raw_tensor("r", "F32", rng.standard_normal(3).astype(np.float32))
+    man = b.manifest()
+    man["tensors"][1].update(
+        {"stages": [{"codebook": 7, "indices": "no.such.tensor"}], "scale": "row", "outliers": None}
+    )
+    v.valid(
+        "hand_raw_with_clustered_members",
+        lgn_file(b.pieces(), man, version="2.0"),
+        "a raw tensor carrying `stages` (naming a missing codebook and stored tensor), `scale` (a string) and "
+        "`outliers` (null): members of clustered tensors only, so on a raw tensor they are unknown members, "
+        "ignored whatever they hold",
+    )
+
+    # JSON nesting: 127 levels are allowed (here in an unknown member of a newer minor version).
+    b = Builder()
+    cb = b.codebook(rng.standard_normal(2 * 2), (1, 2))
+    b.clustered_tensor("w", "F32", [2, 4], [(cb, random_indices(rng, 4, 2))])
+    man = b.manifest()
+    deep: Any = []
+    for _ in range(126 - 1):
+        deep = [deep]
+    man["future"] = deep  # the manifest object and 126 arrays: 127 levels
+    v.valid(
+        "hand_json_depth_127",
+        lgn_file(b.pieces(), man, version="1.1"),
+        "a manifest nested 127 levels deep (an unknown member holding 126 nested arrays): the deepest nesting "
+        "a reader must accept",
+    )
+
+    # NaN results: their bits are unspecified (compare as 'some NaN'); F32 outliers keep their exact bits.
+    b = Builder()
+    big = b.codebook([3.0e38, 1.0, -3.0e38, 0.0], (1, 1))
+    also_big = b.codebook([3.0e38, 2.0], (1, 1))
+    b.clustered_tensor(
+        "nan.sum",
+        "F32",
+        [3, 2],
+        [(big, [0, 0, 0, 1, 2, 2]), (also_big, [0, 1, 0, 1, 0, 0])],
+        scale=("row", "F32", [0.0, 1.0, -1.0]),
+    )  # row 0: inf * 0 = NaN, 3e38 * 0 = 0; row 1: inf, 3; row 2: -0 (-3e38 + 3e38) * -1 = -0, -inf * -1 = inf
+    b.clustered_tensor(
+        "nan.scales.f16",
+        "F16",
+        [4, 2],
+        [(big, [1, 3, 1, 3, 1, 3, 1, 1])],
+        scale=("row", "F16", [np.nan, np.inf, -np.inf, 0.5]),
+    )  # row 0: NaN; row 1: inf, inf * 0 = NaN; row 2: -inf, NaN; row 3: 0.5, 0.5
+    b.clustered_tensor(
+        "nan.scales.bf16",
+        "BF16",
+        [2, 2],
+        [(big, [1, 3, 0, 1])],
+        scale=("tensor", "F32", [np.inf]),
+    )  # inf, NaN, inf, inf
+    nan_bits = np.array([0x7FC0BEEF, 0xFFC00001, 0x7F800000, 0xFF800000], dtype="<u4").view("<f4")
+    b.clustered_tensor(
+        "nan.outliers.f32", "F32", [2, 3], [(big, [1, 3, 1, 3, 1, 3])], outliers=([0, 2, 4, 5], nan_bits)
+    )
+    b.clustered_tensor("nan.outliers.f16", "F16", [2, 3], [(big, [1, 3, 1, 3, 1, 3])], outliers=([1, 3], nan_bits[:2]))
+    v.valid(
+        "hand_nan_results",
+        b.build(),
+        "results that are NaN (version 2.0): stage sums overflowing to infinity times a zero scale, F16 scales "
+        "NaN, +inf and -inf (non-finite scales are applied as stored), an F32 tensor scale of +inf, outliers "
+        "holding NaN with payloads; NaN from arithmetic and NaN converted to F16 have unspecified bits (any NaN "
+        "matches), an F32 outlier keeps its exact bits (0x7FC0BEEF, 0xFFC00001)",
+        nan_bits_unspecified=["nan.outliers.f16", "nan.scales.bf16", "nan.scales.f16", "nan.sum"],
+    )
+
+
+def clarified_invalid_vectors(v: Vectors) -> None:
+    """Invalid files for the rules spec/lgn.md settles where a second implementer had to guess (issue 17)."""
+    base = (v.out / "invalid" / "_base.lgn").read_bytes()
+    base2 = (v.out / "invalid" / "_base_outliers.lgn").read_bytes()
+    data = split(base)[1]
+    hdr_text = base[8 : 8 + struct.unpack("<Q", base[:8])[0]].decode().rstrip()
+    f = "FormatError"
+
+    def inv(name: str, buf: bytes, desc: str, msg: list[str], error: str = f, at: str = "open") -> None:
+        v.invalid(name, buf, error, desc, msg, at)
+
+    def manifest_text(buf: bytes, fn: Callable[[str], str]) -> bytes:
+        """Edits the manifest as text (for what json.dumps cannot write: duplicate keys, NaN, -0)."""
+
+        def edit(h: dict[str, Any]) -> None:
+            h["__metadata__"]["lgn.manifest"] = fn(h["__metadata__"]["lgn.manifest"])
+
+        return reheader(buf, edit)
+
+    def with_zero_size(shape: list[int]) -> Edit:
+        """The base file plus a raw zero-size U8 tensor `z` of ``shape``, stored last."""
+        e = Edit()
+        e.pieces["z"] = Piece("z", "U8", shape, b"")
+        e.order.append("z")
+        e.manifest["tensors"].append({"name": "z", "dtype": "U8", "shape": shape, "encoding": "raw"})
+        return e
+
+    # --- the envelope --------------------------------------------------------------------------
+    inv(
+        "dim_fractional",
+        header_bytes(hdr_text.replace('"shape":[5]', '"shape":[2.5]')) + data,
+        "a header dimension written 2.5",
+        ["`b`", "header", "2.5"],
+    )
+    inv(
+        "dim_integral_float",
+        header_bytes(hdr_text.replace('"shape":[5]', '"shape":[5.0]')) + data,
+        "a header dimension written 5.0: integers are written without fraction or exponent, even when the value "
+        "is whole",
+        ["`b`", "header", "5.0"],
+    )
+    inv(
+        "entry_missing_member",
+        reheader(base, lambda h: h["b"].pop("data_offsets")),
+        "a header entry without `data_offsets`",
+        ["`b`", "data_offsets"],
+    )
+    e = with_zero_size([0])
+    e.pieces["z"].dtype = "F32"
+    e.pieces["z"].shape = e.manifest["tensors"][-1]["shape"] = [2**63, 4, 0]
+    e.manifest["tensors"][-1]["dtype"] = "F32"
+    inv(
+        "shape_overflow_before_zero_dim",
+        e.bytes(),
+        "F32 [2^63, 4, 0]: 0 elements, but the byte size multiplied left to right (4 x 2^63 ...) overflows 64 bits "
+        "before the zero dimension is reached",
+        ["`z`", "shape", "overflows"],
+    )
+
+    def zero_inside(h: dict[str, Any]) -> None:
+        begin = h["b"]["data_offsets"][0]
+        h["z"]["data_offsets"] = [begin + 4, begin + 4]
+
+    inv(
+        "zero_size_inside_range",
+        reheader(with_zero_size([0]).bytes(), zero_inside),
+        "a zero-size tensor whose offsets [begin + 4, begin + 4] fall inside the range of the raw tensor 'b'",
+        ["`z`", "data_offsets", "overlaps"],
+    )
+    zbuf = with_zero_size([0]).bytes()
+    ztext = zbuf[8 : 8 + struct.unpack("<Q", zbuf[:8])[0]].decode().rstrip()
+    assert ztext.count('"shape":[0]') == 1
+    inv(
+        "dim_negative_zero",
+        header_bytes(ztext.replace('"shape":[0]', '"shape":[-0]')) + split(zbuf)[1],
+        "a header dimension written -0 (a non-negative integer is written without a sign)",
+        ["`z`", "header", "-0"],
+    )
+    inv(
+        "metadata_duplicate_key",
+        header_bytes(hdr_text.replace('"lgn.manifest":', '"user":"a","user":"b","lgn.manifest":', 1)) + data,
+        "__metadata__ with the user key 'user' twice (no duplicate member names at any level of the header)",
+        ["header", "duplicate"],
+    )
+    inv(
+        "header_lone_surrogate",
+        header_bytes(hdr_text.replace('"lgn.manifest":', '"user":"\\ud800","lgn.manifest":', 1)) + data,
+        "a user metadata value holding the escape \\ud800, a lone surrogate (JSON strings are Unicode scalar values)",
+        ["header"],
+    )
+
+    # --- the manifest obeys the same JSON rules --------------------------------------------------
+    inv(
+        "manifest_duplicate_crc32_key",
+        manifest_text(base, lambda t: t.replace('"crc32":{', '"crc32":{"b":0,', 1)),
+        "the manifest's crc32 object has the key 'b' twice (the second with the right value)",
+        ["lgn.manifest", "duplicate"],
+    )
+    inv(
+        "manifest_duplicate_member",
+        manifest_text(base, lambda t: t.replace('"name":"b"', '"name":"b","name":"b"', 1)),
+        "a manifest tensor object with the member `name` twice",
+        ["lgn.manifest", "duplicate"],
+    )
+    inv(
+        "manifest_duplicate_unknown_member",
+        manifest_text(base, lambda t: t[:-1] + ',"future":1,"future":2}'),
+        "the manifest object with an unknown member twice (unknown members are ignored, duplicates are not)",
+        ["lgn.manifest", "duplicate"],
+    )
+    inv(
+        "manifest_integral_float",
+        manifest_text(base, lambda t: t.replace('"k":5', '"k":5.0', 1)),
+        "a codebook's k written 5.0 (a JSON Schema validator accepts it as an integer; the spec does not)",
+        ["lgn.manifest", "5.0"],
+    )
+    inv(
+        "manifest_integer_exponent",
+        manifest_text(base, lambda t: t.replace('"k":5', '"k":5e0', 1)),
+        "a codebook's k written 5e0",
+        ["lgn.manifest"],
+    )
+    inv(
+        "manifest_negative_zero",
+        manifest_text(base, lambda t: t.replace('"codebook":0', '"codebook":-0', 1)),
+        "a stage's codebook written -0",
+        ["lgn.manifest", "-0"],
+    )
+    inv(
+        "manifest_nan_literal",
+        manifest_text(base, lambda t: t[:-1] + ',"future":NaN}'),
+        "an unknown manifest member holding NaN, which is not JSON",
+        ["lgn.manifest"],
+    )
+    inv(
+        "manifest_lone_surrogate",
+        manifest_text(base, lambda t: t[:-1] + ',"future":"\\udc00"}'),
+        "an unknown manifest member holding the escape \\udc00, a lone surrogate",
+        ["lgn.manifest"],
+    )
+    deep = "[" * 127 + "]" * 127
+    inv(
+        "manifest_nested_too_deep",
+        manifest_text(base, lambda t: t[:-1] + ',"future":' + deep + "}"),
+        "a manifest nested 128 levels deep (an unknown member holding 127 nested arrays; the limit is 127)",
+        ["lgn.manifest"],
+    )
+    inv(
+        "manifest_dim_over_u64",
+        manifest_text(base, lambda t: t.replace('"shape":[5]', '"shape":[18446744073709551616]', 1)),
+        "a manifest dimension of 2^64 (dimensions are integers in 0 ..= 2^64-1, as in the header)",
+        ["lgn.manifest"],
+    )
+    inv(
+        "manifest_rank_over_limit",
+        with_manifest(base, lambda m: m["tensors"][0].update({"shape": [5, 7] + [1] * 31})),
+        "a clustered tensor of rank 33 in the manifest (the limit is 32)",
+        ["`w`", "shape", "rank"],
+    )
+
+    # --- optional members: present means present ------------------------------------------------
+    inv(
+        "scale_null",
+        with_manifest(base, lambda m: m["tensors"][0].update({"scale": None})),
+        'a clustered tensor with "scale": null (null is not absence: an unscaled tensor has no scale member)',
+        ["tensors[0].scale", "object"],
+    )
+    e = Edit()
+    e.version = "2.0"
+    e.manifest["tensors"][0]["outliers"] = None
+    inv(
+        "outliers_null",
+        e.bytes(),
+        'a clustered tensor with "outliers": null in a 2.0 file (null is not absence)',
+        ["`w`", "outliers"],
+    )
+    inv(
+        "outliers_missing_indices",
+        with_manifest(base2, lambda m: m["tensors"][0].update({"outliers": {"values": "w.lgn.outlier_value"}})),
+        "an outliers object without `indices`",
+        ["`w`", "outliers"],
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------
@@ -1784,7 +2123,9 @@ Generated by `generate.py` (deterministic; do not edit by hand: edit the script 
 
 * `valid/NAME.lgn` (or `.safetensors`): a valid file. `valid/NAME.expected.safetensors` holds
   every tensor a reader must return, decoded, in its original dtype, shape and name (a plain
-  safetensors file). A conforming reader decodes each tensor **bit for bit** equal to it.
+  safetensors file). A conforming reader decodes each tensor **bit for bit** equal to it, with
+  the one exception of `../lgn.md` section 9: in the tensors a vector lists under
+  `nan_bits_unspecified` (NaN from arithmetic, or converted to F16/BF16), a NaN matches any NaN.
 * `invalid/NAME.lgn`: an invalid file. A conforming reader must reject it with the error class
   listed (Python: `legofmt.<class>`, a subclass of `legofmt.LgnError`; Rust: the
   `LgnError` variant of the same name without `Error`) and a message containing every listed
@@ -1796,10 +2137,13 @@ Generated by `generate.py` (deterministic; do not edit by hand: edit the script 
   `invalid/_base_outliers.lgn` (version 2.0: the same file with outliers) the one the
   `outliers_*` vectors are edited from (neither is a vector).
 * `manifest.json` lists every vector for the test suites: `file`, `valid`, then `expected`, or
-  `error`, `message_contains` and `detected_at`, and `description`.
+  `error`, `message_contains` and `detected_at`, and `description`; a valid vector may add
+  `nan_bits_unspecified` (the tensors where any NaN matches).
 
-Both test suites run every vector: `tests/test_vectors.py` (legofmt, the reference decoder and
-`safetensors.safe_open`) and `rust/legofmt/tests/vectors.rs` (`LgnFile`).
+The test suites run every vector: `tests/test_vectors.py` (legofmt, the reference decoder
+`../lgn_decoder.py` and `safetensors.safe_open`), `tests/test_spec_decoder.py` (the reference
+decoder alone, message words and the open/decode split included) and
+`rust/legofmt/tests/vectors.rs` (`LgnFile`).
 """
 
 
@@ -1835,6 +2179,8 @@ def main(argv: list[str] | None = None) -> int:
     hand_vectors(v)
     hand_outlier_vectors(v)
     invalid_vectors(v)
+    clarified_valid_vectors(v)
+    clarified_invalid_vectors(v)
     (out / "manifest.json").write_text(json.dumps({"format_version": "2.0", "vectors": v.entries}, indent=1) + "\n")
     write_readme(v)
     n_valid = sum(e["valid"] for e in v.entries)

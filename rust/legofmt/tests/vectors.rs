@@ -3,7 +3,9 @@
 //! and every invalid vector is rejected with the listed [`LgnError`] variant.
 //!
 //! The expected files are plain safetensors files, parsed here with the `safetensors` crate so
-//! the comparison does not rest on legofmt's own parser.
+//! the comparison does not rest on legofmt's own parser. "Bit for bit" has one exception, which
+//! the spec makes (section 9): in the tensors a vector lists under `nan_bits_unspecified`, a NaN
+//! matches any NaN.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,57 @@ use serde_json::Value;
 
 /// Reader bugs the vectors expose: (file, what goes wrong). The affected check is inverted
 /// (it must still fail), so fixing the bug makes this test fail until the entry is removed.
-const KNOWN_READER_BUGS: &[(&str, &str)] = &[];
+const KNOWN_READER_BUGS: &[(&str, &str)] = &[
+    (
+        "valid/hand_raw_with_clustered_members.lgn",
+        "the reader type-checks `scale` and `stages` of raw tensors, unknown members there",
+    ),
+    (
+        "invalid/metadata_duplicate_key.lgn",
+        "the reader accepts a duplicate key in the header's `__metadata__`",
+    ),
+    (
+        "invalid/manifest_duplicate_crc32_key.lgn",
+        "the reader accepts a duplicate key in the manifest's crc32 map",
+    ),
+    (
+        "invalid/manifest_duplicate_unknown_member.lgn",
+        "the reader accepts a duplicate unknown manifest member",
+    ),
+    (
+        "invalid/outliers_null.lgn",
+        "the reader takes `\"outliers\": null` in a 2.x file for an absent member",
+    ),
+];
+
+fn is_known_bug(file: &str) -> bool {
+    KNOWN_READER_BUGS.iter().any(|(f, _)| *f == file)
+}
+
+/// Whether two decoded tensors are equal bit for bit, except that with `nan_any` (the spec
+/// leaves those NaN bits unspecified) a NaN matches any NaN.
+fn same_bits(got: &[u8], want: &[u8], dtype: Dtype, nan_any: bool) -> bool {
+    if !nan_any || got == want {
+        return got == want;
+    }
+    if got.len() != want.len() {
+        return false;
+    }
+    match dtype {
+        Dtype::F32 => got.chunks_exact(4).zip(want.chunks_exact(4)).all(|(g, w)| {
+            let nan = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_nan();
+            g == w || (nan(g) && nan(w))
+        }),
+        Dtype::F16 | Dtype::BF16 => {
+            let inf: u16 = if dtype == Dtype::F16 { 0x7C00 } else { 0x7F80 };
+            got.chunks_exact(2).zip(want.chunks_exact(2)).all(|(g, w)| {
+                let nan = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]) & 0x7FFF > inf;
+                g == w || (nan(g) && nan(w))
+            })
+        }
+        _ => false,
+    }
+}
 
 fn vectors_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spec/vectors")
@@ -68,6 +120,10 @@ fn check_valid(v: &Value) -> Result<(), String> {
     let expected = safetensors::SafeTensors::deserialize(&expected_bytes)
         .map_err(|e| format!("expected file: {e:?}"))?;
 
+    let nan_any: BTreeSet<&str> = v["nan_bits_unspecified"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     let got_names: BTreeSet<&str> = f.tensors().iter().map(|t| t.name.as_str()).collect();
     let want_names: BTreeSet<&str> = expected.names().into_iter().collect();
     if got_names != want_names {
@@ -85,7 +141,7 @@ fn check_valid(v: &Value) -> Result<(), String> {
             ));
         }
         let got = f.decode(&name).map_err(|e| format!("decode {name}: {e}"))?;
-        if got != view.data() {
+        if !same_bits(&got, view.data(), t.dtype, nan_any.contains(name.as_str())) {
             return Err(format!(
                 "{name}: decoded bytes differ from the expected file"
             ));
@@ -105,7 +161,8 @@ fn check_valid(v: &Value) -> Result<(), String> {
                     Dtype::BF16 => decode_rows_bytes::<bf16>(&f, t, rb, re),
                     other => return Err(format!("{name}: clustered {other}")),
                 };
-                if part[..] != got[rb * row_bytes..re * row_bytes] {
+                let whole = &got[rb * row_bytes..re * row_bytes];
+                if !same_bits(&part, whole, t.dtype, nan_any.contains(name.as_str())) {
                     return Err(format!(
                         "{name}: rows {rb}..{re} differ from the whole decode"
                     ));
@@ -136,9 +193,14 @@ fn valid_vectors_decode_bit_for_bit() {
     let failures: Vec<String> = valid
         .iter()
         .filter_map(|v| {
-            check_valid(v)
-                .err()
-                .map(|e| format!("{}: {e}", field(v, "file")))
+            let file = field(v, "file");
+            match (check_valid(v), is_known_bug(file)) {
+                (Ok(()), false) | (Err(_), true) => None,
+                (Err(e), false) => Some(format!("{file}: {e}")),
+                (Ok(()), true) => Some(format!(
+                    "{file}: listed in KNOWN_READER_BUGS but passes now: remove the entry"
+                )),
+            }
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -164,12 +226,16 @@ fn check_error(e: &LgnError, v: &Value, what: &str) -> Result<(), String> {
 
 fn check_invalid(v: &Value) -> Result<(), String> {
     let file = field(v, "file");
-    let known_bug = KNOWN_READER_BUGS.iter().any(|(f, _)| *f == file);
+    let known_bug = is_known_bug(file);
     let opened = LgnFile::open(vectors_dir().join(file));
     match field(v, "detected_at") {
-        "open" => match opened {
-            Ok(_) => Err("open succeeded".into()),
-            Err(e) => check_error(&e, v, "open"),
+        "open" => match (opened, known_bug) {
+            (Ok(_), false) => Err("open succeeded".into()),
+            (Err(e), false) => check_error(&e, v, "open"),
+            (Ok(_), true) => Ok(()),
+            (Err(e), true) => Err(format!(
+                "listed in KNOWN_READER_BUGS but opening now fails ({e}): remove the entry"
+            )),
         },
         "decode" => {
             let f = opened.map_err(|e| format!("open failed early: {e}"))?;
@@ -217,6 +283,9 @@ fn invalid_vectors_are_rejected_with_the_listed_error() {
 fn bytes_in_memory_behave_like_files() {
     // LgnFile::from_bytes (no mmap) reaches the same verdicts on a sample of vectors.
     for v in vectors() {
+        if is_known_bug(field(&v, "file")) {
+            continue;
+        }
         let bytes = std::fs::read(vectors_dir().join(field(&v, "file"))).expect("readable");
         let r = LgnFile::from_bytes(bytes);
         if v["valid"] == true {

@@ -1,16 +1,22 @@
-"""An independent `.lgn` decoder written from `spec/lgn.md` alone.
+"""The Python reference decoder of `.lgn`, written from `spec/lgn.md` alone.
 
-It exists to check that the specification is complete: it uses only the standard library and numpy,
-shares no code with legofmt or with `tests/reference_decoder.py`, and implements the sections it cites.
+It is the specification's executable companion: it uses only the standard library and numpy and
+imports nothing from legofmt, so the tests check the library against the spec rather than against
+itself. Every Python test that needs an independent decode and the vector generator
+(`spec/vectors/generate.py`) use it; it also reads the plain safetensors `expected` files of the
+vectors (a plain file is one of the inputs the spec defines). It favours following the spec's text
+over speed and implements the sections it cites.
 
 `LgnReader(data)` performs the open-time validation (sections 3, 4, 6, 12, 14 and the codebook
 checks of section 10); `LgnReader.decode(name)` performs the decode-time checks (checksums of the
 other stored tensors, index range, outlier order and range) and the reconstruction of section 9;
 `LgnReader.decode_rows(name, start, stop)` decodes a range of view rows as section 9 allows, from
 the block rows and the outliers involved. `decode(path)` does both for every tensor and returns
-`{name: numpy array}` in the order the spec says readers list them. Versions 1.x and 2.x are read.
-Output arrays: F32 as float32, F16 as float16, BF16 as uint16 bit patterns, raw tensors as the
-numpy dtype of their safetensors dtype (raw BF16 also as uint16).
+`{name: numpy array}` in the order the spec says readers list them; `read(path)` also returns the
+dtypes and the user metadata. Versions 1.x and 2.x are read. Output arrays: F32 as float32, F16 as
+float16, BF16 as uint16 bit patterns, raw tensors as the numpy dtype of their safetensors dtype
+(raw BF16 also as uint16). numpy cannot hold a dimension of 2^63 or more, so a valid zero-element
+tensor such as `[0, 2^63, 4]` (section 3, rule 2) raises numpy's ValueError when it is decoded.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ DTYPES: dict[str, tuple[int, str]] = {
 MAX_HEADER = 104_857_600  # section 3 / 13
 MAX_STORED = 10_000_000  # section 13
 MAX_RANK = 32  # section 13
+MAX_JSON_DEPTH = 127  # section 3: arrays and objects nested at most this deep
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
 ENTRY_MEMBERS = ("dtype", "shape", "data_offsets")
@@ -88,8 +95,21 @@ def _fail(msg: str, tensor: str | None = None, field: str | None = None, cls: ty
     raise cls(f"{prefix}: {msg}")
 
 
+class _NegativeZero(int):
+    """The JSON integer `-0`: equal to 0, but section 3 writes non-negative integers without a sign."""
+
+    def __repr__(self) -> str:
+        return "-0"
+
+
 def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """A JSON integer as section 3 allows it for the format's members (no fraction, no exponent, no `-0`)."""
+    return isinstance(v, int) and not isinstance(v, (bool, _NegativeZero))
+
+
+def _show(v: object) -> str:
+    """A JSON value as it was written, for messages."""
+    return "-0" if isinstance(v, _NegativeZero) else json.dumps(v)
 
 
 def _product(dims: list[int] | tuple[int, ...]) -> int:
@@ -97,6 +117,17 @@ def _product(dims: list[int] | tuple[int, ...]) -> int:
     for d in dims:
         p *= d
     return p
+
+
+def _byte_size_overflows(elem_size: int, shape: list[int] | tuple[int, ...]) -> bool:
+    """Section 3, rule 2: element size x d0 x d1 x ..., multiplied left to right, every partial product
+    within 64 bits. A later zero dimension does not undo an earlier overflow (`[2^63, 4, 0]` is invalid)."""
+    acc = elem_size
+    for d in shape:
+        acc *= d
+        if acc > U64_MAX:
+            return True
+    return False
 
 
 class _DuplicateKey(Exception):
@@ -118,6 +149,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _parse_int(text: str) -> int:
+    return _NegativeZero(0) if text == "-0" else int(text)
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (the outermost counts 1); strings skipped."""
+    b = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    step = np.isin(b, (0x5B, 0x7B)).astype(np.int64) - np.isin(b, (0x5D, 0x7D)).astype(np.int64)
+    return int(np.cumsum(step).max(initial=0))
+
+
 def _check_scalar_values(obj: Any) -> None:
     """Reject strings that are not Unicode scalar sequences (lone surrogates from \\uD800 escapes)."""
     stack = [obj]
@@ -134,9 +179,17 @@ def _check_scalar_values(obj: Any) -> None:
 
 
 def _parse_json(text: str, what: str, field: str) -> Any:
-    """Strict JSON: no duplicate keys, no NaN/Infinity, no lone surrogates."""
+    """Section 3's JSON: no duplicate keys, no NaN/Infinity, no lone surrogates, nesting at most 127 deep.
+
+    Integers keep their type (a number with a fraction or an exponent is a float, so never an integer
+    member) and `-0` is marked, so the members' checks reject both."""
+    depth = _nesting_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        return _fail(f"{what} nests arrays and objects {depth} deep (the limit is {MAX_JSON_DEPTH})", field=field)
     try:
-        value = json.loads(text, object_pairs_hook=_pairs_no_duplicates, parse_constant=_reject_constant)
+        value = json.loads(
+            text, object_pairs_hook=_pairs_no_duplicates, parse_constant=_reject_constant, parse_int=_parse_int
+        )
         _check_scalar_values(value)
     except _DuplicateKey as e:
         return _fail(f"{what} has a duplicate key `{e.key}`", field=field)
@@ -180,22 +233,22 @@ def _parse_entry(name: str, entry: Any, data_len: int) -> StoredTensor:
         _fail("shape is not a JSON array", name, "header")
     for d in shape:
         if not _is_int(d):
-            _fail(f"shape dimension {json.dumps(d)} is not an integer", name, "header")
+            _fail(f"shape dimension {_show(d)} is not an integer (no fraction, exponent or sign)", name, "header")
         if d < 0:
             _fail(f"shape dimension {d} is negative", name, "header")
         if d > U64_MAX:
             _fail(f"shape dimension {d} does not fit in u64", name, "header")
     if len(shape) > MAX_RANK:
         _fail(f"shape has rank {len(shape)}, over the limit of {MAX_RANK}", name, "shape")
-    nbytes = DTYPES[dtype][0] * _product(shape)
-    if nbytes > U64_MAX:
+    if _byte_size_overflows(DTYPES[dtype][0], shape):
         _fail(f"byte size of {dtype} {shape} overflows 64 bits", name, "shape")
+    nbytes = DTYPES[dtype][0] * _product(shape)
     offsets = entry["data_offsets"]
     if not isinstance(offsets, list) or len(offsets) != 2:
         _fail("data_offsets is not an array of two integers", name, "data_offsets")
     for o in offsets:
         if not _is_int(o) or o < 0 or o > U64_MAX:
-            _fail(f"data_offsets value {json.dumps(o)} is not an integer in 0..2^64-1", name, "data_offsets")
+            _fail(f"data_offsets value {_show(o)} is not an integer in 0..2^64-1", name, "data_offsets")
     begin, end = offsets
     if end < begin:
         _fail(f"data_offsets [{begin}, {end}]: end is before begin", name, "data_offsets")
@@ -228,8 +281,7 @@ def _parse_envelope(buf: bytes) -> tuple[dict[str, str] | None, dict[str, Stored
     if not text.startswith("{"):
         _fail("header does not begin with `{`", field="header")
     header = _parse_json(text, "header", "header")
-    if not isinstance(header, dict):
-        _fail("header is not a JSON object", field="header")
+    assert isinstance(header, dict)  # one JSON value that begins with `{` is an object
     data_len = size - 8 - n
     metadata: dict[str, str] | None = None
     stored: dict[str, StoredTensor] = {}
@@ -355,7 +407,7 @@ class LgnReader:
                 _fail(f"`{member}` is not a JSON {tname}", field=f"{F}.{member}")
         for key, crc in man["crc32"].items():
             if not _is_int(crc) or not 0 <= crc <= U32_MAX:
-                _fail(f"crc32 of `{key}` is {json.dumps(crc)}, not a u32", field=f"{F}.crc32")
+                _fail(f"crc32 of `{key}` is {_show(crc)}, not a u32", field=f"{F}.crc32")
         self.crc32 = dict(man["crc32"])
 
         used: dict[str, str] = {}  # stored name -> what references it
@@ -379,7 +431,7 @@ class LgnReader:
                 "dict": isinstance(v, dict),
             }[kind]
             if not ok:
-                _fail(f"`{key}` has the wrong JSON type ({json.dumps(v)})", tensor, field)
+                _fail(f"`{key}` has the wrong JSON type ({_show(v)})", tensor, field)
             return v
 
         # Codebooks.
@@ -423,10 +475,10 @@ class LgnReader:
             shape = member(t, "shape", "list", name, f"{path}.shape")
             for d in shape:
                 if not _is_int(d) or not 0 <= d <= U64_MAX:
-                    _fail(f"shape dimension {json.dumps(d)} is not an integer in 0..2^64-1", name, f"{path}.shape")
+                    _fail(f"shape dimension {_show(d)} is not an integer in 0..2^64-1", name, f"{path}.shape")
             if len(shape) > MAX_RANK:
                 _fail(f"shape has rank {len(shape)}, over the limit of {MAX_RANK}", name, f"{path}.shape")
-            if DTYPES[dtype][0] * _product(shape) > U64_MAX:
+            if _byte_size_overflows(DTYPES[dtype][0], shape):
                 _fail(f"byte size of {dtype} {shape} overflows 64 bits", name, f"{path}.shape")
             encoding = member(t, "encoding", "str", name, f"{path}.encoding")
             shape_t = tuple(shape)
