@@ -134,6 +134,10 @@ const SEQUENTIAL_BELOW: usize = 1 << 17;
 /// (`(row_end - row_begin) * grid.cols` elements). `scales` has one value per row, one value
 /// for the whole tensor, or is empty for no scaling. `tensor` names the tensor in errors.
 ///
+/// The scale mode is taken from the number of values (a one-row tensor's per-row scale and a
+/// tensor scale decode alike). A caller that knows the mode passes
+/// [`ScaleView::new`] to [`decode_rows_window`] with `first_block` 0 instead.
+///
 /// Indices `>= k` are reported as a format error naming the tensor, stage and block.
 pub fn decode_rows<T: OutElem>(
     tensor: &str,

@@ -34,7 +34,8 @@ impl BlockWindow {
     }
 
     /// The bytes of a stage's packed indices (`bits` per block, a stored piece of `piece_len`
-    /// bytes) that hold the indices of the window's blocks.
+    /// bytes, which holds the indices of every block, as the layout checks) that hold the
+    /// indices of the window's blocks.
     pub(crate) fn index_bytes(&self, bits: u32, piece_len: usize) -> Range<usize> {
         let bits = bits as usize;
         let begin = self.first_block * bits / 8;
@@ -54,4 +55,36 @@ pub(crate) fn scale_values(mode: ScaleMode, rows: &Range<usize>) -> Range<usize>
 /// The bytes of a raw tensor's stored piece that hold `rows` (rows of `row_bytes` bytes).
 pub(crate) fn raw_bytes(rows: &Range<usize>, row_bytes: usize) -> Range<usize> {
     rows.start * row_bytes..rows.end * row_bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::BlockShape;
+
+    #[test]
+    fn a_row_range_needs_its_block_rows_from_a_byte_boundary() {
+        // 121 x 66 in 3 x 4 blocks: 41 block rows of 17 blocks.
+        let grid = Grid::new(&[121, 66], BlockShape::new(3, 4).unwrap()).unwrap();
+        assert_eq!((grid.grid_cols, grid.n_blocks()), (17, 41 * 17));
+        // Rows 30..33 are block row 10: blocks 170..187, read from block 168.
+        let w = BlockWindow::of_rows(&grid, &(30..33));
+        assert_eq!((w.first_block, w.end_block), (168, 187));
+        assert_eq!(w.index_bytes(4, 349), 84..94);
+        assert_eq!(w.index_bytes(3, 262), 63..71);
+        // The last rows end at the last block, whose index ends in the piece's last byte.
+        let w = BlockWindow::of_rows(&grid, &(119..121));
+        assert_eq!(w.end_block, grid.n_blocks());
+        assert_eq!(w.index_bytes(4, 349).end, 349);
+        // An empty range reads nothing.
+        let w = BlockWindow::of_rows(&grid, &(0..0));
+        assert_eq!(w.index_bytes(4, 349), 0..0);
+    }
+
+    #[test]
+    fn scales_and_raw_bytes_follow_the_rows() {
+        assert_eq!(scale_values(ScaleMode::Row, &(4..9)), 4..9);
+        assert_eq!(scale_values(ScaleMode::Tensor, &(4..9)), 0..1);
+        assert_eq!(raw_bytes(&(2..4), 28), 56..112);
+    }
 }
