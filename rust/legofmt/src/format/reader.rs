@@ -66,16 +66,29 @@ struct LoadedStage<'a> {
     skip: usize,
 }
 
+/// The scales of a clustered tensor read for a range of rows, with their mode.
+struct LoadedScales {
+    mode: ScaleMode,
+    /// With per-row scales, the view row of `values[0]` (the first row of the range).
+    first_row: usize,
+    values: Vec<f32>,
+}
+
+impl LoadedScales {
+    /// The decoder's view of these scales.
+    fn view(&self) -> ScaleView<'_> {
+        ScaleView::new(self.mode, self.first_row, &self.values)
+    }
+}
+
 /// The stored pieces of a clustered tensor needed for a range of its rows, read and checked.
 struct Loaded<'a> {
     t: &'a TensorInfo,
     grid: &'a Grid,
     stages: Vec<LoadedStage<'a>>,
     first_block: usize,
-    /// The rows the scales cover (`rows` of [`LgnFile::load_clustered`]) and the scales with
-    /// their mode.
-    scale_rows: Range<usize>,
-    scale: Option<(ScaleMode, Vec<f32>)>,
+    /// The scales of the rows loaded ([`LgnFile::load_clustered`]'s `rows`), if any.
+    scale: Option<LoadedScales>,
     /// Outlier positions (checked: increasing, in range) and values: all of the tensor's.
     outliers: Option<(Vec<u32>, Vec<f32>)>,
 }
@@ -93,10 +106,10 @@ impl Loaded<'_> {
                 packed: &s.bytes[s.skip..],
             })
             .collect();
-        let scales = match &self.scale {
-            None => ScaleView::None,
-            Some((mode, v)) => ScaleView::new(*mode, self.scale_rows.start, v),
-        };
+        let scales = self
+            .scale
+            .as_ref()
+            .map_or(ScaleView::None, LoadedScales::view);
         decode_rows_window(
             &self.t.name,
             self.grid,
@@ -456,8 +469,11 @@ impl LgnFile {
             None => None,
             Some(sc) => {
                 let values = window::scale_values(sc.mode, &rows);
-                let v = self.pieces.read_f32s(&stored[sc.stored], values, verify)?;
-                Some((sc.mode, v))
+                Some(LoadedScales {
+                    mode: sc.mode,
+                    first_row: rows.start,
+                    values: self.pieces.read_f32s(&stored[sc.stored], values, verify)?,
+                })
             }
         };
         let outliers = match outliers {
@@ -469,7 +485,6 @@ impl LgnFile {
             grid,
             stages: parts,
             first_block: blocks.first_block,
-            scale_rows: rows,
             scale,
             outliers,
         })
