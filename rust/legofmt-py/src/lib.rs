@@ -452,25 +452,28 @@ impl Reader {
                         e.set_item("encoding", "clustered")?;
                         let mut bytes = 0usize;
                         let mut bits = 0u32;
-                        for &(ci, si) in stages {
-                            bytes += stored[si].end - stored[si].begin;
-                            bits += f.codebooks()[ci].bits;
+                        for s in stages {
+                            bytes += stored[s.indices].end - stored[s.indices].begin;
+                            bits += f.codebooks()[s.codebook].bits;
                         }
-                        if let Some((_, si)) = scale {
-                            bytes += stored[*si].end - stored[*si].begin;
+                        if let Some(sc) = scale {
+                            bytes += stored[sc.stored].end - stored[sc.stored].begin;
                         }
                         let mut n_outliers = 0;
-                        if let Some((ii, vi)) = outliers {
-                            bytes += stored[*ii].end - stored[*ii].begin;
-                            bytes += stored[*vi].end - stored[*vi].begin;
-                            n_outliers = stored[*ii].numel();
+                        if let Some(o) = outliers {
+                            bytes += stored[o.indices].end - stored[o.indices].begin;
+                            bytes += stored[o.values].end - stored[o.values].begin;
+                            n_outliers = stored[o.indices].numel();
                         }
                         e.set_item("outliers", n_outliers)?;
                         e.set_item("stored_bytes", bytes)?;
                         e.set_item("index_bits", bits)?;
                         e.set_item("block", (grid.block.bh, grid.block.bw))?;
-                        e.set_item("scale", scale.map(|(m, _)| m.name()))?;
-                        e.set_item("codebooks", stages.iter().map(|s| s.0).collect::<Vec<_>>())?;
+                        e.set_item("scale", scale.map(|sc| sc.mode.name()))?;
+                        e.set_item(
+                            "codebooks",
+                            stages.iter().map(|s| s.codebook).collect::<Vec<_>>(),
+                        )?;
                     }
                 }
                 tensors.append(e)?;

@@ -63,7 +63,7 @@ fn fewer_stages_reuse_the_first_codebooks_and_add_none() {
         "one codebook per stage of the group"
     );
     let stages = |name: &str| match &f.tensor(name).unwrap().layout {
-        Layout::Clustered { stages, .. } => stages.iter().map(|s| s.0).collect::<Vec<_>>(),
+        Layout::Clustered { stages, .. } => stages.iter().map(|s| s.codebook).collect::<Vec<_>>(),
         Layout::Raw { .. } => panic!("{name} is raw"),
     };
     // Saved order is kept; each tensor uses the first n codebooks.

@@ -6,7 +6,7 @@ use half::{bf16, f16};
 use legofmt::blocks::BlockShape;
 use legofmt::compress::{compress, select_outliers, CompressOptions, GroupSpec, TensorInput};
 use legofmt::dtype::Dtype;
-use legofmt::format::reader::{Layout, LgnFile};
+use legofmt::format::reader::{Layout, LgnFile, OutliersRef};
 use legofmt::scale::{ScaleMode, ScaleStat};
 
 const ROWS: usize = 48;
@@ -93,7 +93,7 @@ fn outliers_decode_exactly_and_need_format_2() {
     assert_eq!(f.version(), Some((2, 0)));
     assert_eq!(g.version(), Some((1, 0)), "files without outliers stay 1.0");
     let Layout::Clustered {
-        outliers: Some((ii, _)),
+        outliers: Some(OutliersRef { indices: ii, .. }),
         ..
     } = f.tensor("w").unwrap().layout
     else {

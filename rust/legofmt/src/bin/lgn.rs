@@ -245,9 +245,9 @@ fn stored_bytes(f: &LgnFile, t: &TensorInfo) -> u64 {
             outliers,
             ..
         } => {
-            stages.iter().map(|&(_, si)| len(si)).sum::<u64>()
-                + scale.map_or(0, |(_, si)| len(si))
-                + outliers.map_or(0, |(ii, vi)| len(ii) + len(vi))
+            stages.iter().map(|s| len(s.indices)).sum::<u64>()
+                + scale.map_or(0, |s| len(s.stored))
+                + outliers.map_or(0, |o| len(o.indices) + len(o.values))
         }
     }
 }
@@ -264,7 +264,8 @@ fn encoding(f: &LgnFile, t: &TensorInfo) -> String {
         } => {
             let cbs: Vec<String> = stages
                 .iter()
-                .map(|&(ci, _)| {
+                .map(|s| {
+                    let ci = s.codebook;
                     let cb = &f.codebooks()[ci];
                     format!("cb{ci}:k{}/{}b", cb.k, cb.bits)
                 })
@@ -275,11 +276,16 @@ fn encoding(f: &LgnFile, t: &TensorInfo) -> String {
                 grid.block.bw,
                 cbs.join("+")
             );
-            if let Some((mode, si)) = scale {
-                let _ = write!(s, " scale={}:{}", mode.name(), f.stored()[*si].dtype);
+            if let Some(sc) = scale {
+                let _ = write!(
+                    s,
+                    " scale={}:{}",
+                    sc.mode.name(),
+                    f.stored()[sc.stored].dtype
+                );
             }
-            if let Some((ii, _)) = outliers {
-                let _ = write!(s, " outliers={}", f.stored()[*ii].numel());
+            if let Some(o) = outliers {
+                let _ = write!(s, " outliers={}", f.stored()[o.indices].numel());
             }
             s
         }

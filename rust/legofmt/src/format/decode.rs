@@ -13,6 +13,7 @@ use half::{bf16, f16};
 use crate::bitpack;
 use crate::blocks::Grid;
 use crate::error::{LgnError, Result};
+use crate::scale::ScaleMode;
 
 /// An element type the decoder can write.
 pub trait OutElem: Copy + Send + Sync + bytemuck::Pod {
@@ -83,9 +84,10 @@ pub struct StageParts<'a> {
     pub packed: &'a [u8],
 }
 
-/// The scales of a clustered tensor as [`decode_rows_window`] takes them.
+/// The decoder's view of a clustered tensor's scales, as [`decode_rows_window`] takes them:
+/// the variant is the scale mode.
 #[derive(Debug, Clone, Copy)]
-pub enum Scales<'a> {
+pub enum ScaleView<'a> {
     /// No scaling.
     None,
     /// One scale for the whole tensor.
@@ -99,13 +101,28 @@ pub enum Scales<'a> {
     },
 }
 
-impl Scales<'_> {
+impl<'a> ScaleView<'a> {
+    /// The view of scales stored with `mode`: `values` are the scales of view rows
+    /// `first_row..` for [`ScaleMode::Row`], the one scale (at `values[0]`) for
+    /// [`ScaleMode::Tensor`], and unused for [`ScaleMode::None`].
+    ///
+    /// # Panics
+    /// If `mode` is [`ScaleMode::Tensor`] and `values` is empty.
+    pub fn new(mode: ScaleMode, first_row: usize, values: &'a [f32]) -> ScaleView<'a> {
+        match mode {
+            ScaleMode::None => ScaleView::None,
+            ScaleMode::Tensor => ScaleView::Tensor(values[0]),
+            ScaleMode::Row => ScaleView::Rows { first_row, values },
+        }
+    }
+
+    /// The scale of view row `r`.
     #[inline(always)]
     fn of_row(&self, r: usize) -> f32 {
         match *self {
-            Scales::None => 1.0,
-            Scales::Tensor(s) => s,
-            Scales::Rows { first_row, values } => values[r - first_row],
+            ScaleView::None => 1.0,
+            ScaleView::Tensor(s) => s,
+            ScaleView::Rows { first_row, values } => values[r - first_row],
         }
     }
 }
@@ -116,6 +133,10 @@ const SEQUENTIAL_BELOW: usize = 1 << 17;
 /// Decodes rows `row_begin..row_end` of a clustered tensor into `out`
 /// (`(row_end - row_begin) * grid.cols` elements). `scales` has one value per row, one value
 /// for the whole tensor, or is empty for no scaling. `tensor` names the tensor in errors.
+///
+/// The scale mode is taken from the number of values (a one-row tensor's per-row scale and a
+/// tensor scale decode alike). A caller that knows the mode passes
+/// [`ScaleView::new`] to [`decode_rows_window`] with `first_block` 0 instead.
 ///
 /// Indices `>= k` are reported as a format error naming the tensor, stage and block.
 pub fn decode_rows<T: OutElem>(
@@ -128,9 +149,9 @@ pub fn decode_rows<T: OutElem>(
     out: &mut [T],
 ) -> Result<()> {
     let scales = match scales.len() {
-        0 => Scales::None,
-        1 => Scales::Tensor(scales[0]),
-        _ => Scales::Rows {
+        0 => ScaleView::None,
+        1 => ScaleView::Tensor(scales[0]),
+        _ => ScaleView::Rows {
             first_row: 0,
             values: scales,
         },
@@ -150,7 +171,7 @@ pub fn decode_rows_window<T: OutElem>(
     grid: &Grid,
     stages: &[StageParts<'_>],
     first_block: usize,
-    scales: Scales<'_>,
+    scales: ScaleView<'_>,
     rows: std::ops::Range<usize>,
     out: &mut [T],
 ) -> Result<()> {
@@ -168,7 +189,7 @@ pub fn decode_rows_window<T: OutElem>(
         !stages.is_empty(),
         "a clustered tensor has at least one stage"
     );
-    if let Scales::Rows { first_row, values } = scales {
+    if let ScaleView::Rows { first_row, values } = scales {
         assert!(first_row <= row_begin && row_end - first_row <= values.len());
     }
     for st in stages {
@@ -410,7 +431,7 @@ mod tests {
         let first_row = 8usize.div_ceil(g.grid_cols) * 2;
         for (b, e) in [(first_row, rows), (first_row + 1, rows)] {
             let mut part = vec![0f32; (e - b) * cols];
-            decode_rows_window("t", &g, &[window], 8, Scales::None, b..e, &mut part).unwrap();
+            decode_rows_window("t", &g, &[window], 8, ScaleView::None, b..e, &mut part).unwrap();
             assert_eq!(&part[..], &x[b * cols..e * cols]);
         }
         // Two stages and a scale: (c1 + c2) * s.
