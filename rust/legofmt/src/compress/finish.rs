@@ -75,7 +75,7 @@ pub(super) fn finish(
 
 /// What decoding needs of each stage of a tensor: its codebook (`codebooks[ids[s]]`) and its
 /// packed indices (`indices[s]`).
-fn stage_parts<'c>(
+pub(super) fn stage_parts<'c>(
     codebooks: &'c [Codebook],
     ids: &[usize],
     indices: &'c [Vec<u8>],
