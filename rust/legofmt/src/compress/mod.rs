@@ -29,7 +29,7 @@ use crate::dtype::{float_bytes_to_f32, Dtype};
 use crate::error::{LgnError, Result};
 use crate::format::manifest::Manifest;
 use crate::format::writer::{self, Piece};
-use crate::limits::MAX_STAGES;
+use crate::limits::{MAX_STAGES, MIN_K};
 use crate::scale::{ScaleMode, ScaleStat};
 
 pub use crate::limits::{MAX_K, MAX_OUTLIER_FRACTION};
@@ -48,28 +48,29 @@ mod tests;
 /// The clustering settings of one codebook group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupSpec {
-    /// Codewords per codebook, 2..=65536 (fewer are used when the group has fewer distinct blocks).
+    /// Codewords per codebook, [`MIN_K`]`..=`[`MAX_K`] (fewer are used when the group has
+    /// fewer distinct blocks).
     pub k: usize,
     /// Block shape.
     pub block: BlockShape,
-    /// Residual stages, 1..=16: stage `s` clusters what stages `0..s` left.
+    /// Residual stages, `1..=`[`MAX_STAGES`]: stage `s` clusters what stages `0..s` left.
     pub stages: usize,
     /// Scaling before clustering.
     pub scale: ScaleMode,
     /// What rows (or the tensor) are divided by before clustering.
     pub scale_stat: ScaleStat,
-    /// Fraction of each member's elements stored exactly as outliers (format 2.0), `0..=0.5`;
-    /// 0 for none. See [`select_outliers`].
+    /// Fraction of each member's elements stored exactly as outliers (format 2.0),
+    /// `0..=`[`MAX_OUTLIER_FRACTION`]; 0 for none. See [`select_outliers`].
     pub outliers: f64,
 }
 
 impl GroupSpec {
     /// Checks the ranges.
     pub fn check(&self) -> Result<()> {
-        if !(2..=MAX_K).contains(&self.k) {
+        if !(MIN_K..=MAX_K).contains(&self.k) {
             return Err(LgnError::invalid(
                 "k",
-                format!("must be in 2..={MAX_K}, got {}", self.k),
+                format!("must be in {MIN_K}..={MAX_K}, got {}", self.k),
             ));
         }
         if !(1..=MAX_STAGES).contains(&self.stages) {
@@ -129,7 +130,9 @@ pub struct CompressOptions {
 /// A progress event.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// What is happening (`"prepare"`, `"cluster g0 s1"`, `"pack"`, ...).
+    /// What is happening: `"prepare g{G}"` (done: members of group G prepared),
+    /// `"cluster g{G} s{S} {k-means stage}"` (from k-means, for stage S of group G),
+    /// `"pack g{G}"`, `"measure"` (done: index of the input measured).
     pub phase: String,
     /// Units done.
     pub done: usize,
