@@ -126,8 +126,9 @@ pub fn compute(
 }
 
 impl FittedScales {
-    /// Scales of `mode` (`Tensor`: one value; `Row`: one per row) to store for `raw`: F16
-    /// (rounded) when every value is zero or a normal F16 number, otherwise F32 as given.
+    /// Scales of `mode` (`Tensor`: one value; `Row`: one per row; never `None`, which debug
+    /// builds check) to store for `raw`: F16 (rounded) when every value is zero or a normal
+    /// F16 number, otherwise F32 as given.
     pub fn from_raw(mode: ScaleMode, raw: Vec<f32>) -> FittedScales {
         debug_assert!(mode != ScaleMode::None, "fitted scales have a mode");
         if raw.iter().all(|&v| f16_exact_ok(v)) {
