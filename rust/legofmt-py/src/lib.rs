@@ -152,13 +152,13 @@ fn report_to_dict<'py>(py: Python<'py>, r: &Report) -> PyResult<Bound<'py, PyDic
     }
     d.set_item("tensors", tensors)?;
     let cbs = PyList::empty(py);
-    for &(g, s, k, bits, b) in &r.codebooks {
+    for c in &r.codebooks {
         let e = PyDict::new(py);
-        e.set_item("group", g)?;
-        e.set_item("stage", s)?;
-        e.set_item("k", k)?;
-        e.set_item("bits", bits)?;
-        e.set_item("block", (b.bh, b.bw))?;
+        e.set_item("group", c.group)?;
+        e.set_item("stage", c.stage)?;
+        e.set_item("k", c.k)?;
+        e.set_item("bits", c.bits)?;
+        e.set_item("block", (c.block.bh, c.block.bw))?;
         cbs.append(e)?;
     }
     d.set_item("codebooks", cbs)?;

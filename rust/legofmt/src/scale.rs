@@ -1,7 +1,7 @@
 //! Scaling before clustering: each row (or the whole tensor) is divided by its largest
 //! absolute value so that blocks of rows with very different magnitudes share one codebook.
 //! After clustering, each scale is refit by least squares to the codewords chosen
-//! ([`Scales::refit`]): the stored scale is then the best one for the stored indices.
+//! ([`FittedScales::refit`]): the stored scale is then the best one for the stored indices.
 //!
 //! Scales are stored as F16 when every scale is zero or a normal F16 number (exactly
 //! representable after rounding), otherwise as F32. The clustering sees `x * (1 / s)` with `s`
@@ -73,9 +73,17 @@ pub fn parse_option(s: &str) -> Result<(ScaleMode, ScaleStat)> {
     }
 }
 
-/// Scales of one tensor: the values used (already rounded to the storage type) and that type.
+/// The scales fitted to one tensor by the encoder: their mode, the values used (already
+/// rounded to the storage type) and that type.
+///
+/// The mode is [`ScaleMode::Tensor`] or [`ScaleMode::Row`], never [`ScaleMode::None`] (a tensor
+/// without scaling has no `FittedScales`). A single row's scale is also the whole tensor's, so
+/// [`compute`] records row scales of a one-row tensor as mode `tensor`: that is what files have
+/// always stored for them, and both decode the same.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Scales {
+pub struct FittedScales {
+    /// `Tensor` (one value) or `Row` (one value per row of the 2-D view).
+    pub mode: ScaleMode,
     /// One value per row (mode `row`) or a single value (mode `tensor`).
     pub values: Vec<f32>,
     /// `F16` or `F32`.
@@ -87,14 +95,15 @@ fn f16_exact_ok(v: f32) -> bool {
 }
 
 /// Computes scales (per `stat`) of a `rows x cols` row-major matrix, or `None` for
-/// [`ScaleMode::None`].
+/// [`ScaleMode::None`]. Row scales of a one-row matrix come back as mode `tensor` (see
+/// [`FittedScales`]).
 pub fn compute(
     x: &[f32],
     rows: usize,
     cols: usize,
     mode: ScaleMode,
     stat: ScaleStat,
-) -> Option<Scales> {
+) -> Option<FittedScales> {
     let of = |s: &[f32]| match stat {
         ScaleStat::AbsMax => s.iter().fold(0f32, |m, v| m.max(v.abs())),
         ScaleStat::Rms => {
@@ -102,28 +111,36 @@ pub fn compute(
             (sum / s.len().max(1) as f64).sqrt() as f32
         }
     };
-    let raw: Vec<f32> = match mode {
-        ScaleMode::None => return None,
-        ScaleMode::Tensor => vec![of(x)],
-        ScaleMode::Row => (0..rows)
-            .map(|r| of(&x[r * cols..(r + 1) * cols]))
-            .collect(),
-    };
-    Some(Scales::from_raw(raw))
+    match mode {
+        ScaleMode::None => None,
+        ScaleMode::Tensor => Some(FittedScales::from_raw(ScaleMode::Tensor, vec![of(x)])),
+        // One row: its scale is the tensor's (the same statistic over the same elements).
+        ScaleMode::Row if rows == 1 => Some(FittedScales::from_raw(ScaleMode::Tensor, vec![of(x)])),
+        ScaleMode::Row => {
+            let raw = (0..rows)
+                .map(|r| of(&x[r * cols..(r + 1) * cols]))
+                .collect();
+            Some(FittedScales::from_raw(ScaleMode::Row, raw))
+        }
+    }
 }
 
-impl Scales {
-    /// Scales to store for `raw`: F16 (rounded) when every value is zero or a normal F16
-    /// number, otherwise F32 as given.
-    pub fn from_raw(raw: Vec<f32>) -> Scales {
+impl FittedScales {
+    /// Scales of `mode` (`Tensor`: one value; `Row`: one per row; never `None`, which debug
+    /// builds check) to store for `raw`: F16 (rounded) when every value is zero or a normal
+    /// F16 number, otherwise F32 as given.
+    pub fn from_raw(mode: ScaleMode, raw: Vec<f32>) -> FittedScales {
+        debug_assert!(mode != ScaleMode::None, "fitted scales have a mode");
         if raw.iter().all(|&v| f16_exact_ok(v)) {
             let values = raw.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
-            Scales {
+            FittedScales {
+                mode,
                 values,
                 dtype: Dtype::F16,
             }
         } else {
-            Scales {
+            FittedScales {
+                mode,
                 values: raw,
                 dtype: Dtype::F32,
             }
@@ -136,12 +153,11 @@ impl Scales {
     /// which never increases the error of the stored scale. A scale is kept as it was where
     /// that value is not a finite positive number (a zero row, a reconstruction orthogonal to
     /// the data).
-    pub fn refit(&self, x: &[f32], q: &[f32], rows: usize) -> Scales {
-        let n = self.values.len();
-        let per = if n == 1 {
-            x.len()
-        } else {
-            x.len() / rows.max(1)
+    pub fn refit(&self, x: &[f32], q: &[f32], rows: usize) -> FittedScales {
+        // Elements each scale covers.
+        let per = match self.mode {
+            ScaleMode::Row => x.len() / rows.max(1),
+            ScaleMode::Tensor | ScaleMode::None => x.len(),
         };
         let raw = self
             .values
@@ -162,15 +178,15 @@ impl Scales {
                 }
             })
             .collect();
-        Scales::from_raw(raw)
+        FittedScales::from_raw(self.mode, raw)
     }
+
     /// The multiplier applied to row `r` before clustering (`1/s`, or 0 for a zero scale).
     pub fn row_multipliers(&self, rows: usize) -> Vec<f32> {
         let inv = |s: f32| if s == 0.0 { 0.0 } else { 1.0 / s };
-        if self.values.len() == 1 {
-            vec![inv(self.values[0]); rows]
-        } else {
-            self.values.iter().map(|&s| inv(s)).collect()
+        match self.mode {
+            ScaleMode::Row => self.values.iter().map(|&s| inv(s)).collect(),
+            ScaleMode::Tensor | ScaleMode::None => vec![inv(self.values[0]); rows],
         }
     }
 
@@ -234,15 +250,37 @@ mod tests {
 
     #[test]
     fn refit_is_least_squares_and_keeps_degenerate_rows() {
-        let old = Scales::from_raw(vec![1.0, 1.0, 3.0, 5.0]);
+        let old = FittedScales::from_raw(ScaleMode::Row, vec![1.0, 1.0, 3.0, 5.0]);
         // Row 0: x = 2q exactly; row 1: q is zero; row 2: q opposes x; row 3: noisy.
         let x = [2.0, 4.0, 1.0, 1.0, 1.0, 2.0, 3.0, 1.0];
         let q = [1.0, 2.0, 0.0, 0.0, -1.0, -1.0, 1.0, 0.0];
         let s = old.refit(&x, &q, 4);
         assert_eq!(s.dtype, Dtype::F16);
         assert_eq!(s.values, vec![2.0, 1.0, 3.0, 3.0]);
-        let t = Scales::from_raw(vec![1.0]).refit(&x[..4], &q[..4], 2);
+        let t = FittedScales::from_raw(ScaleMode::Tensor, vec![1.0]).refit(&x[..4], &q[..4], 2);
         assert_eq!(t.values, vec![2.0]);
+    }
+
+    #[test]
+    fn scales_carry_their_mode() {
+        let x = [1.0, -3.0, 0.5, 0.25];
+        let r = compute(&x, 2, 2, ScaleMode::Row, ScaleStat::AbsMax).unwrap();
+        assert_eq!(r.mode, ScaleMode::Row);
+        let t = compute(&x, 2, 2, ScaleMode::Tensor, ScaleStat::AbsMax).unwrap();
+        assert_eq!((t.mode, t.values.clone()), (ScaleMode::Tensor, vec![3.0]));
+        assert_eq!(t.row_multipliers(2), vec![1.0 / 3.0; 2]);
+        // A one-row matrix: its row scale is the tensor scale, recorded as such.
+        let one = compute(&x, 1, 4, ScaleMode::Row, ScaleStat::Rms).unwrap();
+        let whole = compute(&x, 1, 4, ScaleMode::Tensor, ScaleStat::Rms).unwrap();
+        assert_eq!(one, whole);
+        assert_eq!(one.mode, ScaleMode::Tensor);
+        // The mode survives a refit, and a refit of tensor scales fits the whole tensor.
+        let q = [0.5, -1.5, 0.25, 0.125];
+        let refit = t.refit(&x, &q, 2);
+        assert_eq!((refit.mode, refit.values), (ScaleMode::Tensor, vec![2.0]));
+        // Zero rows: row scales stay row scales, with no value.
+        let empty = compute(&[], 0, 4, ScaleMode::Row, ScaleStat::AbsMax).unwrap();
+        assert_eq!((empty.mode, empty.values.len()), (ScaleMode::Row, 0));
     }
 
     #[test]
