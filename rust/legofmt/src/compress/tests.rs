@@ -10,7 +10,7 @@ use super::plan::{plan_group, validate_inputs, GroupPlan};
 use super::prepare::{prepare_group, PreparedGroup, PreparedMember};
 use super::*;
 use crate::bitpack;
-use crate::format::reader::{Layout, LgnFile};
+use crate::format::reader::{Layout, LgnFile, ScaleRef};
 use crate::scale::FittedScales;
 
 fn bytes(v: &[f32]) -> Vec<u8> {
@@ -494,7 +494,7 @@ fn lay_out_gives_offsets_a_reader_accepts() {
     for (name, mode) in [("w", ScaleMode::Row), ("row", ScaleMode::Tensor)] {
         match &f.tensor(name).unwrap().layout {
             Layout::Clustered {
-                scale: Some((m, _)),
+                scale: Some(ScaleRef { mode: m, .. }),
                 ..
             } => assert_eq!(*m, mode, "{name}"),
             other => panic!("{name}: {other:?}"),
