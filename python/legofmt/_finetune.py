@@ -11,7 +11,7 @@ Adam so that the outputs match the uncompressed model's outputs on the same inpu
 needed). Only the
 codebooks and scales change, so the data keeps its size and layout: the indices, the raw tensors
 and the manifest are copied, the CRC-32s of the changed tensors recomputed
-(:meth:`legofmt._legofmt.Reader.rewrite`).
+(:meth:`legofmt.LgnReader.rewrite`).
 
 This is off by default and separate from :func:`legofmt.save`, which never sees data.
 """
@@ -30,13 +30,35 @@ import numpy as np
 
 from . import _legofmt
 from ._dtypes import require_torch
-from .errors import InvalidArgumentError
+from ._progress import enabled
+from ._reader import LgnReader
+from .errors import InvalidArgumentError, UnsupportedVersionError
 
 if TYPE_CHECKING:
     import torch
 
 PathLike = Union[str, "os.PathLike[str]"]
 LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+#: Major versions of the format whose manifest the torch rebuild (:class:`_Clustered`) reads:
+#: 1.x, and 2.x, which adds exactly stored outliers.
+REBUILD_MAJORS = (1, 2)
+
+
+def _manifest(path: str, md: Mapping[str, str]) -> dict[str, Any]:
+    """The manifest of the file ``path`` from its ``__metadata__`` ``md``, after checking that
+    ``lgn.version`` is a version the rebuild understands."""
+    if "lgn.manifest" not in md:
+        raise InvalidArgumentError(f"{path}: not an .lgn file (no lgn.manifest)")
+    version = md.get("lgn.version", "")
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) not in REBUILD_MAJORS:
+        raise UnsupportedVersionError(
+            f"{path}: lgn.version {version!r}: finetune rebuilds files of format major version "
+            f"{' or '.join(map(str, REBUILD_MAJORS))} only"
+        )
+    manifest: dict[str, Any] = json.loads(md["lgn.manifest"])
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -231,14 +253,13 @@ def finetune(
     batches = _batches(inputs, batch_size)
     t0 = time.perf_counter()
 
-    reader = _legofmt.Reader(path)
+    # The reader checks the file (every checksum and index); the layout of the clustered
+    # tensors (which stored tensors hold their indices, scales, outliers) is the manifest's.
+    reader = LgnReader(path, "np")
     try:
         reader.verify()
         with safe_open(path, framework="pt") as f:
-            md = f.metadata() or {}
-            if "lgn.manifest" not in md:
-                raise InvalidArgumentError(f"{path}: not an .lgn file (no lgn.manifest)")
-            manifest = json.loads(md["lgn.manifest"])
+            manifest = _manifest(path, f.metadata() or {})
             params: dict[str, torch.Tensor] = dict(model.named_parameters())
             params.update(dict(model.named_buffers()))
             entries = [t for t in manifest["tensors"] if t["encoding"] == "clustered"]
@@ -339,10 +360,10 @@ def finetune(
         opt = torch.optim.Adam(groups)
         check_every = max(1, min(len(train), steps // 10 or 1))
         bar = None
-        if progress or (progress is None and os.isatty(2)):
+        if enabled(progress):
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps, desc="finetune", leave=False)
+            bar = tqdm(total=steps, desc="fine-tuning codebooks", unit="step", leave=False)
         for step in range(1, steps + 1):
             i = train[(step - 1) % len(train)]
             opt.zero_grad()
@@ -388,11 +409,8 @@ def finetune(
                 "scales": scales,
             }
         )
-        reader = _legofmt.Reader(path)
-        try:
-            reader.rewrite(dest, replace, {"legofmt.finetune": note})
-        finally:
-            reader.close()
+        with LgnReader(path, "np") as stored:
+            stored.rewrite(dest, replace, {"legofmt.finetune": note})
     return FinetuneReport(
         path=dest,
         steps=steps,
