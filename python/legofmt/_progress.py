@@ -113,7 +113,7 @@ class ProgressLine:
         if self._bar is None:
             factory = self._factory
             if factory is None:
-                from tqdm.auto import tqdm
+                from tqdm.auto import tqdm  # imported when a bar is first drawn: quiet runs never load it
 
                 factory = tqdm
             self._bar = factory(

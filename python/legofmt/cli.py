@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--outliers",
         type=float,
         metavar="FRACTION",
-        help=f"fraction of each clustered tensor's elements kept exact (default {DEFAULT_OUTLIERS}; 0: none; "
-        "a file with outliers is format 2.0)",
+        help="fraction of the elements of each tensor in the shared codebook stored exactly "
+        f"(default {DEFAULT_OUTLIERS}; 0: none; a file with outliers is format 2.0)",
     )
     c.add_argument("--seed", type=int, default=0)
     shown = c.add_mutually_exclusive_group()
