@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -325,3 +326,216 @@ def test_codebook_per_tensor(tmp_path):
     assert r.file_bytes > shared.file_bytes  # two more codebooks
     with pytest.raises(legofmt.InvalidArgumentError, match="codebook must be"):
         legofmt.save(state, tmp_path / "x.lgn", codebook="layer")
+
+
+def test_save_options_are_one_checked_type():
+    """``save``'s keyword arguments become one frozen SaveOptions, checked once; SAVE_OPTIONS
+    is derived from its fields (their help texts)."""
+    import dataclasses
+
+    from legofmt._options import DEFAULT_BLOCK, DEFAULT_OUTLIERS, SaveOptions
+
+    fields = {f.name: f for f in dataclasses.fields(SaveOptions)}
+    assert legofmt.SAVE_OPTIONS == {n: f.metadata["help"] for n, f in fields.items() if f.metadata["option"]}
+    assert {"k", "block", "seed"} <= fields.keys() and not {"k", "block", "seed"} & legofmt.SAVE_OPTIONS.keys()
+    assert "outliers" in legofmt.SAVE_OPTIONS and all(legofmt.SAVE_OPTIONS.values())
+    o = SaveOptions.from_kwargs(k=16, raw="fc.*", stages={"a": 2})
+    assert (o.k, o.block, o.raw, o.outliers, o.stages_for("a"), o.stages_for("b")) == (
+        16,
+        DEFAULT_BLOCK,
+        ("fc.*",),
+        DEFAULT_OUTLIERS,
+        2,
+        legofmt._options.DEFAULT_STAGES,
+    )
+    assert o.given == {"raw", "stages"} and not o.target_mode
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.k = 8  # type: ignore[misc]
+    raw_sensitive = SaveOptions.from_kwargs(sensitive="raw", max_error=0.1)
+    assert raw_sensitive.sensitive is None and raw_sensitive.target_mode
+    trial = raw_sensitive.with_options({"block": (4, 4), "stages": 1})
+    assert trial.sensitive is None and trial.block == (4, 4) and not trial.target_mode
+    for kwargs, words in [
+        ({"colour": "red"}, "unknown option"),
+        ({"k": 1}, "k must be an int"),
+        ({"min_size": -1}, "min_size"),
+        ({"sensitive": {"k": 1}}, "sensitive: k"),
+        ({"codebook": "layer"}, "codebook must be"),
+        ({"bias_correction": 1}, "True, False or None"),
+        ({"target_ratio": 0}, "target_ratio must be a number > 0"),
+        ({"candidates": [{"stages": 1}]}, "give target_ratio= and/or max_error="),
+        ({"max_error": 0.1, "block": (2, 2)}, "block cannot be combined"),
+    ]:
+        with pytest.raises(legofmt.InvalidArgumentError, match=words):
+            SaveOptions.from_kwargs(**kwargs)
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """legofmt's modules and the package modules each imports, anywhere in its code."""
+    import ast
+    import pathlib
+
+    folder = pathlib.Path(legofmt.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        name = path.stem
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("legofmt."):
+                deps.add(node.module.split(".")[1])  # type: ignore[union-attr]
+            elif isinstance(node, ast.Import):
+                deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith("legofmt."))
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_package_modules_import_each_other_without_cycle():
+    """The import graph of the package's modules (every import, lazy ones inside functions
+    included) is acyclic, so no module depends on importing lazily to break a cycle."""
+    graph = _package_imports()
+    assert {"_options", "_save", "_compress", "_reader", "_bias_glue", "_target", "_progress"} <= graph.keys()
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
+        if name in done or name not in graph:
+            return
+        for dep in graph[name]:
+            visit(dep, (*path, name))
+        done.add(name)
+
+    for name in graph:
+        visit(name, ())
+    # Each private module imports on its own in a fresh interpreter.
+    mods = sorted(n for n in graph if n.startswith("_") and n != "__init__")
+    code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module('legofmt.' + m)"
+    out = subprocess.run([sys.executable, "-c", code, *mods], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+
+
+def test_package_defines_no_function_named_open():
+    """``legofmt.open`` is ``open_file`` exported under that name: no module shadows the builtin."""
+    import ast
+    import pathlib
+
+    folder = pathlib.Path(legofmt.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.name != "open", f"{path.name}:{node.lineno}"
+    assert legofmt.open is legofmt._reader.open_file
+
+
+class _FakeBar:
+    """Records what a tqdm bar is asked to draw."""
+
+    made: ClassVar[list[_FakeBar]] = []
+
+    def __init__(self, **kwargs: object) -> None:
+        self.kwargs = kwargs
+        self.lines: list[tuple[str, str, int]] = []
+        self.desc, self.postfix, self.n, self.closed = str(kwargs.get("desc", "")), "", 0, False
+        _FakeBar.made.append(self)
+
+    def set_description_str(self, s: str, refresh: bool = True) -> None:
+        self.desc = s
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        self.postfix = s
+
+    def refresh(self) -> None:
+        self.lines.append((self.desc, self.postfix, self.n))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+#: Events of one ``compress_to_file`` call (two groups: shared 2x2 k=256 with 2 stages, and the
+#: sensitive tensors' 1x1 k=256), as the core reports them; stage names old and new.
+EVENTS = [
+    ("prepare g0", 0, 2),
+    ("prepare g0", 1, 2),
+    ("cluster g0 s0 init", 129, 256),
+    ("cluster g0 s0 minibatch", 16480, 491520),
+    ("cluster g0 s0 assign", 49152, 49152),
+    ("cluster g0 s1 init", 256, 256),
+    ("cluster g0 s1 samples", 16264, 491520),
+    ("cluster g0 s1 lloyd", 20000, 98304),
+    ("cluster g0 s1 assign", 49152, 49152),
+    ("pack g0", 0, 2),
+    ("prepare g1", 0, 1),
+    ("cluster g1 s0 init", 256, 256),
+    ("cluster g1 s0 samples", 576, 5760),
+    ("cluster g1 s0 assign", 576, 576),
+    ("pack g1", 0, 1),
+    ("measure", 0, 3),
+    ("measure", 2, 3),
+]
+
+
+def test_progress_is_one_line_in_words(monkeypatch):
+    """Recorded core events become one bar for the whole job: phases in words with k, block
+    and stage counts, counts of each phase, a fraction that only grows, no rate."""
+    from legofmt import _progress
+
+    monkeypatch.setattr(_progress, "REDRAW_S", 0.0)
+    _FakeBar.made = []
+    plans = [
+        _progress.GroupPlan.of(256, (2, 2), 2, [((512, 256), 2), ((256, 256), 2)], "shared codebook"),
+        _progress.GroupPlan.of(256, (1, 1), 1, [((64, 9), 1)], "sensitive tensors"),
+    ]
+    assert plans[0].blocks == (49152, 49152) and plans[1].blocks == (576,)
+    line = _progress.ProgressLine(factory=_FakeBar)
+    callback = _progress.CompressProgress(plans, 512 * 256 + 256 * 256 + 64 * 9 + 9, line)
+    for event in EVENTS:
+        callback(*event)
+    line.close()
+    assert len(_FakeBar.made) == 1
+    bar = _FakeBar.made[0]
+    assert bar.closed and bar.kwargs["total"] == _progress.STEPS and "rate" not in str(bar.kwargs["bar_format"])
+    descs = [d for d, _, _ in bar.lines]
+    for words in (
+        "shared codebook: preparing blocks",
+        "shared codebook: clustering stage 1/2 (k=256, 2x2 blocks): choosing initial centroids",
+        "shared codebook: clustering stage 1/2 (k=256, 2x2 blocks): fitting on samples",
+        "shared codebook: clustering stage 2/2 (k=256, 2x2 blocks): fitting on samples",
+        "shared codebook: clustering stage 2/2 (k=256, 2x2 blocks): Lloyd iterations",
+        "shared codebook: clustering stage 2/2 (k=256, 2x2 blocks): assigning",
+        "sensitive tensors: clustering stage 1/1 (k=256, 1x1 blocks): assigning",
+        "sensitive tensors: packing indices",
+        "measuring errors",
+    ):
+        assert words in descs, words
+    assert ("shared codebook: clustering stage 1/2 (k=256, 2x2 blocks): assigning", "49,152/49,152 blocks") in [
+        (d, p) for d, p, _ in bar.lines
+    ]
+    assert ("measuring errors", "tensor 3/3") in [(d, p) for d, p, _ in bar.lines]
+    ns = [n for _, _, n in bar.lines]
+    assert ns == sorted(ns) and 0 <= ns[0] < ns[-1] <= _progress.STEPS
+    assert not any("g0" in d or "minibatch" in d for d in descs)
+
+
+def test_save_draws_one_bar_and_none_when_asked_not_to(tmp_path, monkeypatch):
+    from legofmt import _progress
+
+    made: list[object] = []
+    real = _progress.ProgressLine
+
+    def line() -> _progress.ProgressLine:
+        made.append(1)
+        return real(factory=_FakeBar)
+
+    monkeypatch.setattr(legofmt._save, "ProgressLine", line)
+    _FakeBar.made = []
+    state = {"w": torch.randn(128, 64), "s": torch.randn(16, 16)}
+    legofmt.save(state, tmp_path / "a.lgn", k=16, progress=True)
+    assert len(made) == 1 and len(_FakeBar.made) == 1 and _FakeBar.made[0].closed
+    legofmt.save(state, tmp_path / "b.lgn", k=16, progress=False)
+    legofmt.save(state, tmp_path / "c.lgn", k=16)  # stderr is not a terminal under pytest
+    assert len(made) == 1
+    assert (tmp_path / "a.lgn").read_bytes() == (tmp_path / "b.lgn").read_bytes()

@@ -161,3 +161,47 @@ def test_bf16_safetensors_source_round_trips(tmp_path):
     got = legofmt.load(tmp_path / "m.lgn")
     assert got["w"].dtype == torch.bfloat16 and torch.equal(got["n"], t["n"])
     assert np.isfinite(got["w"].float().numpy()).all()
+
+
+def test_compress_progress_only_when_asked_or_on_a_terminal(tmp_path, state):
+    """Without a terminal the CLI prints no progress unless --progress asks for it; then it is
+    one line in words, with no per-phase bars and no rates."""
+    save_file(state, tmp_path / "m.safetensors")
+    quiet = run("compress", tmp_path / "m.safetensors", "-o", tmp_path / "a.lgn", "-k", "16", "--min-size", "0")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    shown = run(
+        "compress", tmp_path / "m.safetensors", "-o", tmp_path / "b.lgn", "-k", "16", "--min-size", "0", "--progress"
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "clustering stage 1/3 (k=16, 2x2 blocks)" in shown.stderr, shown.stderr
+    assert "it/s" not in shown.stderr and "cluster g0" not in shown.stderr
+    both = run("compress", tmp_path / "m.safetensors", "-o", tmp_path / "c.lgn", "--progress", "-q")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def test_help_texts_say_what_the_options_do():
+    out = run("compress", "--help")
+    text = " ".join(out.stdout.split())
+    assert "own 8-bit codebook" in text and "stay raw" not in text  # --min-size
+    assert f"default {legofmt._options.DEFAULT_OUTLIERS}" in text  # --outliers
+    assert "--progress" in text
+
+
+@pytest.mark.parametrize("command", ["info", "info --json", "verify"])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path, state, command):
+    """``legofmt info FILE | head -1``: the reader goes away early; no traceback, and the exit
+    status is 0 or the conventional 141 of a command stopped by SIGPIPE."""
+    many = {f"layer{i}.weight": torch.randn(8, 8) for i in range(300)}
+    legofmt.save({**state, **many}, tmp_path / "m.lgn", k=4, progress=False)
+    cmd = [EXE] if EXE else [sys.executable, "-m", "legofmt.cli"]
+    args = [*cmd, *command.split(), str(tmp_path / "m.lgn")]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # before the command writes anything: every write fails
+    err = p.stderr.read()
+    p.stderr.close()
+    assert p.wait(timeout=300) in (0, 141)
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    head = subprocess.run(f"{' '.join(args)} | head -1", shell=True, capture_output=True, text=True, check=False)
+    assert head.returncode == 0 and head.stdout.count("\n") == 1 and head.stderr == "", head.stderr

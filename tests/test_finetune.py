@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -165,3 +166,26 @@ def test_early_stopping_never_keeps_a_worse_state(saved):
         assert path.read_bytes() == original
     else:
         assert 0 < r.best_step <= 30
+
+
+def test_rebuild_reads_the_format_version(saved, tmp_path):
+    """The torch rebuild reads ``lgn.version`` and refuses a major it does not know, with a
+    typed error naming the file and the version."""
+    from legofmt._finetune import _manifest
+
+    assert _manifest("m.lgn", {"lgn.version": "1.0", "lgn.manifest": '{"tensors": []}'}) == {"tensors": []}
+    assert _manifest("m.lgn", {"lgn.version": "2.0", "lgn.manifest": "{}"}) == {}
+    for version in ("3.0", "", "x.y"):
+        with pytest.raises(legofmt.UnsupportedVersionError, match=re.escape(f"m.lgn: lgn.version '{version}'")):
+            _manifest("m.lgn", {"lgn.version": version, "lgn.manifest": "{}"})
+    # A file of a newer major is refused before anything is read from it.
+    model, path = saved
+    with safe_open(path, framework="pt") as f:
+        md = dict(f.metadata())
+        tensors = {n: f.get_tensor(n) for n in f.keys()}
+    md["lgn.version"] = "3.0"
+    from safetensors.torch import save_file
+
+    save_file(tensors, tmp_path / "v3.lgn", metadata=md)
+    with pytest.raises(legofmt.UnsupportedVersionError, match=r"3\.0"):
+        legofmt.finetune(model, tmp_path / "v3.lgn", torch.randn(8, 64), steps=1, progress=False)

@@ -160,3 +160,22 @@ def test_load_into_decodes_in_place(path):
     expected = legofmt.load(path)
     for k, v in m.state_dict().items():
         assert torch.equal(v, expected[k]), k
+
+
+def test_decode_bytes_and_rewrite_are_public(path, tmp_path):
+    """What the CLI and bias correction need from a reader, as public methods: a tensor's
+    decoded bytes, and a copy of the file with some stored tensors replaced."""
+    with legofmt.open(path, "np") as f:
+        for name in f.keys():
+            raw = f.decode_bytes(name)
+            arr = f.get_tensor(name)
+            assert raw.dtype == np.uint8 and raw.tobytes() == arr.tobytes()
+        new_bias = np.arange(16, dtype=np.float32)
+        size = f.rewrite(tmp_path / "r.lgn", {"conv.bias": new_bias.view(np.uint8)}, {"note": "x"})
+    assert size == (tmp_path / "r.lgn").stat().st_size
+    with legofmt.open(tmp_path / "r.lgn", "np") as g:
+        g.verify()
+        assert np.array_equal(g.get_tensor("conv.bias"), new_bias)
+        assert g.metadata()["note"] == "x"
+        with legofmt.open(path, "np") as f:
+            assert np.array_equal(g.get_tensor("conv.weight"), f.get_tensor("conv.weight"))

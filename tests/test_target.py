@@ -137,7 +137,7 @@ def test_stages_per_tensor(tmp_path, model):
     with safe_open(str(tmp_path / "d.lgn"), framework="np") as f:
         manifest = json.loads(f.metadata()["lgn.manifest"])
     counts = {len(t["stages"]) for t in manifest["tensors"] if t["encoding"] == "clustered"}
-    assert counts <= {1, legofmt._api.DEFAULT_STAGES}
+    assert counts <= {1, legofmt._options.DEFAULT_STAGES}
     with pytest.raises(legofmt.InvalidArgumentError, match="keys must be tensor names"):
         legofmt.save(model, tmp_path / "x.lgn", stages={1: 2})
 
@@ -188,3 +188,41 @@ def test_stage_plan_fits_the_budget_and_is_maximal():
     size = {s: dict.fromkeys(names, 100 * s) for s in counts}
     assert _stage_plan(err, size, counts, 0, 10, 1e9) == {"a": 4, "b": 4}
     assert _stage_plan(err, size, counts, 0, 10, 0) == {"a": 1, "b": 1}
+
+
+def test_search_draws_one_progress_display(tmp_path, monkeypatch):
+    """Target mode writes many files but shows one display, naming each candidate."""
+    import torch
+
+    from legofmt import _progress
+
+    bars: list[list[str]] = []
+
+    class Bar:
+        def __init__(self, **kwargs: object) -> None:
+            self.descs = [str(kwargs["desc"])]
+            self.n = 0
+            bars.append(self.descs)
+
+        def set_description_str(self, s: str, refresh: bool = True) -> None:
+            self.descs.append(s)
+
+        def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+            pass
+
+        def refresh(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(legofmt._target, "ProgressLine", lambda: _progress.ProgressLine(factory=Bar))
+    g = torch.Generator().manual_seed(0)
+    state = {"a": torch.randn(64, 64, generator=g), "b": torch.randn(128, 32, generator=g)}
+    cands = [{"block": (4, 4), "stages": 1}, {"block": (2, 2), "stages": 1}, {"block": (2, 2), "stages": 2}]
+    r = legofmt.save(state, tmp_path / "m.lgn", k=16, max_error=1e-9, candidates=cands, progress=True)
+    assert len(bars) == 1 and len(r.search) >= len(cands)
+    words = " | ".join(bars[0])
+    for i in range(1, len(cands) + 1):
+        assert f"candidate {i}/{len(cands)} (" in words
+    assert "candidate 3/3 (block=(2, 2), stages=2): clustering stage 2/2 (k=16, 2x2 blocks)" in words

@@ -9,10 +9,13 @@ See the README for the method, its accuracy trade-offs and the format.
 
 from __future__ import annotations
 
-from ._api import SAVE_OPTIONS, LgnReader, LoadResult, info, load, load_into, open, save
 from ._finetune import FinetuneReport, finetune
 from ._legofmt import FORMAT_VERSION, __version__
+from ._options import SAVE_OPTIONS
+from ._reader import LgnReader, LoadResult, info, load, load_into
+from ._reader import open_file as open
 from ._report import FileInfo, SaveReport, TensorInfo, TensorReport
+from ._save import save
 from .errors import (
     CancelledError,
     ChecksumError,

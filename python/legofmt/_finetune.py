@@ -11,7 +11,7 @@ Adam so that the outputs match the uncompressed model's outputs on the same inpu
 needed). Only the
 codebooks and scales change, so the data keeps its size and layout: the indices, the raw tensors
 and the manifest are copied, the CRC-32s of the changed tensors recomputed
-(:meth:`legofmt._legofmt.Reader.rewrite`).
+(:meth:`legofmt.LgnReader.rewrite`).
 
 This is off by default and separate from :func:`legofmt.save`, which never sees data.
 """
@@ -30,13 +30,35 @@ import numpy as np
 
 from . import _legofmt
 from ._dtypes import require_torch
-from .errors import InvalidArgumentError
+from ._progress import enabled
+from ._reader import LgnReader
+from .errors import InvalidArgumentError, UnsupportedVersionError
 
 if TYPE_CHECKING:
     import torch
 
 PathLike = Union[str, "os.PathLike[str]"]
 LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+#: Major versions of the format whose manifest the torch rebuild (:class:`_Clustered`) reads:
+#: 1.x, and 2.x, which adds exactly stored outliers.
+REBUILD_MAJORS = (1, 2)
+
+
+def _manifest(path: str, md: Mapping[str, str]) -> dict[str, Any]:
+    """The manifest of the file ``path`` from its ``__metadata__`` ``md``, after checking that
+    ``lgn.version`` is a version the rebuild understands."""
+    if "lgn.manifest" not in md:
+        raise InvalidArgumentError(f"{path}: not an .lgn file (no lgn.manifest)")
+    version = md.get("lgn.version", "")
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) not in REBUILD_MAJORS:
+        raise UnsupportedVersionError(
+            f"{path}: lgn.version {version!r}: finetune rebuilds files of format major version "
+            f"{' or '.join(map(str, REBUILD_MAJORS))} only"
+        )
+    manifest: dict[str, Any] = json.loads(md["lgn.manifest"])
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -169,6 +191,73 @@ class _Clustered:
         return w.reshape(self.shape)
 
 
+@dataclass
+class _Stored:
+    """What :func:`finetune` reads from the file: its manifest, the clustered tensors rebuilt
+    differentiably, the codebooks as parameters, the stored scales, the raw tensors that differ
+    from the model's, and the model's parameters and buffers by name."""
+
+    manifest: dict[str, Any]
+    clustered: list[_Clustered]
+    cbs: list[torch.nn.Parameter]
+    scale0: dict[str, torch.Tensor]
+    raw: dict[str, torch.Tensor]
+    params: dict[str, torch.Tensor]
+
+
+def _read_stored(path: str, model: torch.nn.Module) -> _Stored:
+    """Reads the file ``path`` for fine-tuning ``model`` (checking that its clustered tensors
+    are tensors of the model, of the same shapes)."""
+    import torch
+
+    try:
+        from safetensors import safe_open
+    except ImportError as e:  # pragma: no cover - exercised only without safetensors
+        raise ImportError("legofmt.finetune needs safetensors: pip install 'legofmt[torch]'") from e
+
+    # The reader checks the file (every checksum and index); the layout of the clustered
+    # tensors (which stored tensors hold their indices, scales, outliers) is the manifest's.
+    reader = LgnReader(path, "np")
+    try:
+        reader.verify()
+        with safe_open(path, framework="pt") as f:
+            manifest = _manifest(path, f.metadata() or {})
+            params: dict[str, torch.Tensor] = dict(model.named_parameters())
+            params.update(dict(model.named_buffers()))
+            entries = [t for t in manifest["tensors"] if t["encoding"] == "clustered"]
+            missing = [t["name"] for t in entries if t["name"] not in params]
+            if missing:
+                raise InvalidArgumentError(
+                    f"{path}: clustered tensor(s) {', '.join(missing[:5])} are not tensors of the model"
+                )
+            for t in entries:
+                if tuple(params[t["name"]].shape) != tuple(t["shape"]):
+                    raise InvalidArgumentError(
+                        f"{path}: tensor {t['name']!r} is {t['shape']} in the file but "
+                        f"{list(params[t['name']].shape)} in the model"
+                    )
+            clustered = [_Clustered(t, manifest["codebooks"], f) for t in entries]
+            cbs = [
+                torch.nn.Parameter(f.get_tensor(c["tensor"]).float().reshape(c["k"], -1).clone())
+                for c in manifest["codebooks"]
+            ]
+            scale_names = sorted({c.scale["tensor"] for c in clustered if c.scale is not None})
+            scale0 = {n: f.get_tensor(n) for n in scale_names}
+            # The student runs with the file's raw tensors where they differ from the model's
+            # (bias correction moves biases and running means): it is the model as loaded.
+            raw: dict[str, torch.Tensor] = {}
+            for t in manifest["tensors"]:
+                own = params.get(t["name"])
+                if t["encoding"] != "raw" or own is None or tuple(own.shape) != tuple(t["shape"]):
+                    continue
+                stored_raw = f.get_tensor(t["name"]).to(own.dtype)
+                if not torch.equal(stored_raw, own.detach().cpu()):
+                    raw[t["name"]] = stored_raw.to(own.device)
+    finally:
+        reader.close()
+    return _Stored(manifest, clustered, cbs, scale0, raw, params)
+
+
 def finetune(
     model: torch.nn.Module,
     path: PathLike,
@@ -212,11 +301,6 @@ def finetune(
     require_torch()
     import torch
 
-    try:
-        from safetensors import safe_open
-    except ImportError as e:  # pragma: no cover - exercised only without safetensors
-        raise ImportError("legofmt.finetune needs safetensors: pip install 'legofmt[torch]'") from e
-
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise InvalidArgumentError(f"steps must be an int >= 0, got {steps!r}")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
@@ -231,47 +315,9 @@ def finetune(
     batches = _batches(inputs, batch_size)
     t0 = time.perf_counter()
 
-    reader = _legofmt.Reader(path)
-    try:
-        reader.verify()
-        with safe_open(path, framework="pt") as f:
-            md = f.metadata() or {}
-            if "lgn.manifest" not in md:
-                raise InvalidArgumentError(f"{path}: not an .lgn file (no lgn.manifest)")
-            manifest = json.loads(md["lgn.manifest"])
-            params: dict[str, torch.Tensor] = dict(model.named_parameters())
-            params.update(dict(model.named_buffers()))
-            entries = [t for t in manifest["tensors"] if t["encoding"] == "clustered"]
-            missing = [t["name"] for t in entries if t["name"] not in params]
-            if missing:
-                raise InvalidArgumentError(
-                    f"{path}: clustered tensor(s) {', '.join(missing[:5])} are not tensors of the model"
-                )
-            for t in entries:
-                if tuple(params[t["name"]].shape) != tuple(t["shape"]):
-                    raise InvalidArgumentError(
-                        f"{path}: tensor {t['name']!r} is {t['shape']} in the file but "
-                        f"{list(params[t['name']].shape)} in the model"
-                    )
-            clustered = [_Clustered(t, manifest["codebooks"], f) for t in entries]
-            cbs = [
-                torch.nn.Parameter(f.get_tensor(c["tensor"]).float().reshape(c["k"], -1).clone())
-                for c in manifest["codebooks"]
-            ]
-            scale_names = sorted({c.scale["tensor"] for c in clustered if c.scale is not None})
-            scale0 = {n: f.get_tensor(n) for n in scale_names}
-            # The student runs with the file's raw tensors where they differ from the model's
-            # (bias correction moves biases and running means): it is the model as loaded.
-            raw: dict[str, torch.Tensor] = {}
-            for t in manifest["tensors"]:
-                own = params.get(t["name"])
-                if t["encoding"] != "raw" or own is None or tuple(own.shape) != tuple(t["shape"]):
-                    continue
-                stored_raw = f.get_tensor(t["name"]).to(own.dtype)
-                if not torch.equal(stored_raw, own.detach().cpu()):
-                    raw[t["name"]] = stored_raw.to(own.device)
-    finally:
-        reader.close()
+    stored = _read_stored(path, model)
+    manifest, clustered, cbs, scale0, raw = stored.manifest, stored.clustered, stored.cbs, stored.scale0, stored.raw
+    params, scale_names = stored.params, sorted(scale0)
     log_s = {n: torch.nn.Parameter(torch.zeros(s.shape)) for n, s in scale0.items()}
 
     def scale_values(stored: bool = False) -> dict[str, torch.Tensor]:
@@ -339,10 +385,10 @@ def finetune(
         opt = torch.optim.Adam(groups)
         check_every = max(1, min(len(train), steps // 10 or 1))
         bar = None
-        if progress or (progress is None and os.isatty(2)):
+        if enabled(progress):
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps, desc="finetune", leave=False)
+            bar = tqdm(total=steps, desc="fine-tuning codebooks", unit="step", leave=False)
         for step in range(1, steps + 1):
             i = train[(step - 1) % len(train)]
             opt.zero_grad()
@@ -388,11 +434,8 @@ def finetune(
                 "scales": scales,
             }
         )
-        reader = _legofmt.Reader(path)
-        try:
+        with LgnReader(path, "np") as reader:
             reader.rewrite(dest, replace, {"legofmt.finetune": note})
-        finally:
-            reader.close()
     return FinetuneReport(
         path=dest,
         steps=steps,

@@ -8,8 +8,8 @@ The rules, in order (the first that applies decides):
 4. depthwise convolutions (rank 4 with one input channel per group, ``shape[1] == 1``) are
    *sensitive*, unless ``cluster_depthwise`` puts them into the shared codebook: each of their
    rows is a whole 3x3/5x5 filter with nothing to share, and clustering them with the other
-   layers' blocks destroyed EfficientNet-Lite0 (0% agreement); 4-bit scalar codebooks for them
-   cost it 55 points of agreement;
+   layers' blocks, or into 4-bit scalar codebooks, breaks networks built on them (see the
+   README, "Defaults");
 5. tensors with fewer than ``min_size`` elements (default 4096) are *sensitive*: tiny layers
    (first convolutions, small classifiers) are the ones a shared codebook hurts most;
 6. tensors whose 2-D view is smaller than one block of the shared codebook (``shape[0] < bh``

@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._dtypes import NP_DTYPES
+
 
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -219,8 +221,6 @@ class FileInfo:
 
     @property
     def source_bytes(self) -> int:
-        from ._dtypes import NP_DTYPES
-
         return sum(t.numel * NP_DTYPES[t.dtype].itemsize for t in self.tensors)
 
     @property

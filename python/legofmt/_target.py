@@ -15,15 +15,14 @@ file's all-in ratio and the relative MSE of every clustered tensor, and keeps
 * with both: the smallest file meeting both, else the closest to ``max_error`` at ratio ``r``.
 
 ``max_error`` bounds the worst tensor because one badly clustered layer is enough to break a
-network: on EfficientNet-Lite0 a worst relative MSE of 0.0026 kept 100% top-1 agreement, 0.015
-kept 82.5% and 0.054 gave 17.5% (see the README's accuracy tables). ``target_ratio`` ranks by the
-mean over tensors (each layer's error adding to the output's, to first order), because with
-per-tensor stages the worst tensor alone is a poor ranking: on all-MiniLM-L6-v2 at 8x it
-preferred uniform 2x4 blocks with three stages (worst 0.090, mean 0.045; MRR 0.470, cosine
-0.835) over a plan with the word embeddings at one stage (worst 0.098, mean 0.0044; MRR 0.495,
-cosine 0.938).
+network (see the README's accuracy tables). ``target_ratio`` ranks by the mean over tensors
+(each layer's error adding to the output's, to first order), because with per-tensor stages the
+worst tensor alone is a poor ranking: it prefers a uniform plan over one that gives a tensor
+which tolerates it fewer stages, with a slightly worse worst tensor but a far lower mean (see
+the README, "Target mode").
 
-Every candidate is reported in ``SaveReport.search``, with the Pareto-optimal ones marked.
+Every candidate is reported in ``SaveReport.search``, with the Pareto-optimal ones marked. The
+search shows one progress display for all the files it writes ("candidate 3/28: ...").
 """
 
 from __future__ import annotations
@@ -34,9 +33,12 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from ._api import DEFAULT_K, _analysis, _bias_wanted, _finish, _with_reasons
+from . import _bias_glue
+from ._compress import compress_file
 from ._legofmt import MAX_STAGES
-from ._report import Candidate, SaveReport
+from ._options import SaveOptions
+from ._progress import ProgressLine, enabled
+from ._report import Candidate, SaveReport, _option_text
 from .errors import InvalidArgumentError
 
 #: Configurations tried, from the smallest files to the largest, with the given k; with
@@ -60,11 +62,10 @@ CANDIDATES: list[dict[str, Any]] = [
 
 
 #: Each built-in candidate is also tried with this many times fewer codewords: on a small model
-#: the codebooks are a large share of the file (a 4x4, k=256 codebook is 16 KiB, 30% of the
-#: MNIST CNN at 32x), and there k=64 buys more accuracy per byte than k=256 (see the README,
-#: "Target mode"). Not with ``max_error`` alone: a worst-tensor bound does not see that fewer
-#: codewords raise every tensor's error at once (on EfficientNet-Lite0, ``max_error=0.01`` then
-#: chose a k=64 file at 5.73x with 80% top-1 agreement over the k=256 one at 4.55x with 100%).
+#: the codebooks are a large share of the file (a 4x4, k=256 codebook is 16 KiB), and there
+#: fewer codewords buy more accuracy per byte (see the README, "Target mode"). Not with
+#: ``max_error`` alone: a worst-tensor bound does not see that fewer codewords raise every
+#: tensor's error at once, so it would pick smaller, less accurate files.
 SMALL_K_DIVISOR = 4
 
 
@@ -77,16 +78,27 @@ def _with_k(cands: list[dict[str, Any]], k: int, small_k: bool) -> list[dict[str
 
 
 class _Trials:
-    """The files written by one search: ``tried`` holds ``(options, report, path)`` of each."""
+    """The files written by one search: ``tried`` holds ``(options, report, path)`` of each.
+    ``planned`` files are announced (the candidates); refinements come on top. ``line`` is the
+    search's one progress display (``None``: none)."""
 
-    def __init__(self, save: Callable[..., SaveReport], obj: Any, options: dict[str, Any], tmp: str) -> None:
-        self.save, self.obj, self.options, self.tmp = save, obj, options, tmp
+    def __init__(self, obj: Any, base: SaveOptions, tmp: str, planned: int, line: ProgressLine | None) -> None:
+        self.obj, self.base, self.tmp, self.planned, self.line = obj, base, tmp, planned, line
         self.tried: list[tuple[dict[str, Any], SaveReport, str]] = []
 
     def run(self, opts: dict[str, Any]) -> SaveReport:
         """Saves ``obj`` with the search's options and ``opts`` to a new file, records it."""
-        path = os.path.join(self.tmp, f"{len(self.tried)}.lgn")
-        rep = self.save(self.obj, path, **{**self.options, **opts})
+        i = len(self.tried)
+        path = os.path.join(self.tmp, f"{i}.lgn")
+        what = ", ".join(_option_text(k, v) for k, v in opts.items())
+        if i < self.planned:
+            prefix = f"candidate {i + 1}/{self.planned} ({what}): "
+        else:
+            prefix = f"refinement {i + 1 - self.planned} ({what}): "
+        n = max(self.planned, i + 1)
+        rep = compress_file(
+            self.obj, path, self.base.with_options(opts), line=self.line, span=(i / n, (i + 1) / n), prefix=prefix
+        )
         self.tried.append((dict(opts), rep, path))
         return rep
 
@@ -188,7 +200,7 @@ def _allocate(trials: _Trials, ratio: float, weights: dict[str, float]) -> None:
     shapes: dict[tuple[tuple[int, int], int, Any], dict[int, SaveReport]] = {}
     for c, r, _ in trials.tried:
         if isinstance(c.get("stages"), int) and "block" in c:
-            k = int(c.get("k", trials.options.get("k", DEFAULT_K)))
+            k = int(c.get("k", trials.base.k))
             shapes.setdefault((tuple(c["block"]), k, c.get("outliers")), {})[c["stages"]] = r
     for (block, k, outliers), by_count in shapes.items():
         counts = sorted(by_count)
@@ -232,95 +244,52 @@ def _mean_rel_mse(r: SaveReport, weights: dict[str, float] | None = None) -> flo
 
 def _error_weights(found: Any) -> dict[str, float]:
     """How much each tensor's error counts when ``target_ratio`` ranks files, from ``found``, the
-    model's :func:`legofmt._api._analysis` (``None`` for a state dict): for a
+    model's :func:`legofmt._bias_glue.analysis` (``None`` for a state dict): for a
     ``torch.nn.Module`` that ``torch.fx`` traces, the layers inside residual branches count with
     their branch's share of the variance at the sum, from the batch norms' statistics (see
-    :func:`legofmt._bias._residual_weights`); everything else counts 1. Data-free: on
-    EfficientNet-Lite0 at 8x it lowered the KL of the logits from 0.52-0.60 to 0.17-0.20 over
-    three seeds (README, "Target mode")."""
+    :func:`legofmt._bias._residual_weights`); everything else counts 1. Data-free (what it does
+    to accuracy: the README, "Target mode")."""
     return {} if found is None else dict(found.weights)
 
 
-def _positive(name: str, v: Any) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise InvalidArgumentError(f"{name} must be a number > 0, got {v!r}")
-    return float(v)
+#: One written file of a search: ``(the candidate's options, its report, its path)``.
+Tried = tuple[dict[str, Any], SaveReport, str]
 
 
-def search(
-    save: Callable[..., SaveReport],
-    obj: Any,
-    path: str,
-    *,
-    target_ratio: Any,
-    max_error: Any,
-    candidates: list[dict[str, Any]] | None,
-    **options: Any,
-) -> SaveReport:
-    """Runs the target search; ``save`` is :func:`legofmt.save` (without target options)."""
-    ratio = _positive("target_ratio", target_ratio)
-    err = _positive("max_error", max_error)
-    if ratio is None and err is None:
-        raise InvalidArgumentError("give target_ratio= and/or max_error=")
-    fixed = {k for k in ("block", "stages") if k in options}
-    if fixed:
-        raise InvalidArgumentError(
-            f"{' and '.join(sorted(fixed))} cannot be combined with target_ratio/max_error: the search chooses them"
-        )
-    if candidates is None:
-        cands = _with_k(CANDIDATES, int(options.get("k", DEFAULT_K)), small_k=ratio is not None)
-        if "outliers" not in options:
-            # Outliers cost 8 bytes each: at 1 bit a weight, 0.1% of them are 6% of the file.
-            # Without the option, each candidate is tried with and without them.
-            cands = cands + [{**c, "outliers": 0.0} for c in cands]
-    else:
-        cands = candidates
-    if not cands:
-        raise InvalidArgumentError("candidates must not be empty")
-    # Bias correction does not change the weights' errors that rank the candidates: it is
-    # applied once, to the chosen file.
-    wanted = options.pop("bias_correction", None)
-    # One trace of the model serves the weights and the bias correction.
-    found = _analysis(obj) if ratio is not None or not _bias_wanted(obj, wanted) else None
-    options["bias_correction"] = False
-    weights = _error_weights(found) if ratio is not None else {}
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InvalidArgumentError(f"{path}: the folder {folder} does not exist")
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".lgn-search-") as tmp:
-        trials = _Trials(save, obj, options, tmp)
-        for c in cands:
-            trials.run(c)
-        tried = trials.tried
+def _candidates(opts: SaveOptions) -> list[dict[str, Any]]:
+    """The configurations to try: the caller's, else the built-in ones (see :func:`_with_k`)."""
+    if opts.candidates is not None:
+        return opts.candidates
+    cands = _with_k(CANDIDATES, opts.k, small_k=opts.target_ratio is not None)
+    if "outliers" not in opts.given:
+        # Outliers cost 8 bytes each: at 1 bit a weight, 0.1% of them are 6% of the file.
+        # Without the option, each candidate is tried with and without them.
+        cands = cands + [{**c, "outliers": 0.0} for c in cands]
+    return cands
 
-        def ok(r: SaveReport) -> bool:
-            return (ratio is None or r.ratio >= ratio) and (err is None or r.max_rel_mse <= err)
 
-        if ratio is not None:
-            _allocate(trials, ratio, weights)
+def _meets(r: SaveReport, ratio: float | None, err: float | None) -> bool:
+    """Whether the file of ``r`` meets the targets that are set."""
+    return (ratio is None or r.ratio >= ratio) and (err is None or r.max_rel_mse <= err)
+
+
+def _choose(tried: list[Tried], ratio: float | None, err: float | None, weights: dict[str, float]) -> Tried:
+    """The file the search keeps (see the module's docstring)."""
+    feasible = [t for t in tried if _meets(t[1], ratio, err)]
+    if feasible:
         if err is not None:
-            _refine(trials, err, ok)
+            return max(feasible, key=lambda t: (t[1].ratio, -t[1].max_rel_mse))
+        return min(feasible, key=lambda t: (_mean_rel_mse(t[1], weights), -t[1].ratio))
+    if ratio is not None:
+        at_ratio = [t for t in tried if t[1].ratio >= ratio] or [max(tried, key=lambda t: t[1].ratio)]
+        return min(at_ratio, key=lambda t: t[1].max_rel_mse)
+    return min(tried, key=lambda t: t[1].max_rel_mse)
 
-        feasible = [t for t in tried if ok(t[1])]
-        if feasible:
-            if err is not None:
-                best = max(feasible, key=lambda t: (t[1].ratio, -t[1].max_rel_mse))
-            else:
-                best = min(feasible, key=lambda t: (_mean_rel_mse(t[1], weights), -t[1].ratio))
-        elif ratio is not None:
-            at_ratio = [t for t in tried if t[1].ratio >= ratio] or [max(tried, key=lambda t: t[1].ratio)]
-            best = min(at_ratio, key=lambda t: t[1].max_rel_mse)
-        else:
-            best = min(tried, key=lambda t: t[1].max_rel_mse)
-        corrected, note = _finish(obj, wanted, best[2], path, best[1].tensors, found)
-        # The chosen file may have grown by bias correction's metadata note: its report (its row
-        # of the table, and the returned report) says what was written.
-        i = tried.index(best)
-        best = tried[i] = (best[0], dataclasses.replace(best[1], file_bytes=os.path.getsize(path)), best[2])
 
-    # Pareto front in (ratio, the error the choice was made on).
+def _table(tried: list[Tried], best: Tried, err: float | None, weights: dict[str, float]) -> list[Candidate]:
+    """Every file tried as a :class:`Candidate`, the Pareto front marked in (ratio, the error
+    the choice was made on)."""
+
     def score(r: SaveReport) -> float:
         return r.max_rel_mse if err is not None else _mean_rel_mse(r, weights)
 
@@ -330,7 +299,7 @@ def search(
             for _, o, _ in tried
         )
 
-    table = [
+    return [
         Candidate(
             options=c,
             file_bytes=r.file_bytes,
@@ -344,6 +313,43 @@ def search(
         )
         for c, r, p in tried
     ]
+
+
+def search(obj: Any, path: str, opts: SaveOptions) -> SaveReport:
+    """Runs the target search for ``opts`` (checked, in target mode) and writes the chosen file
+    to ``path``."""
+    ratio, err = opts.target_ratio, opts.max_error
+    cands = _candidates(opts)
+    # Bias correction does not change the weights' errors that rank the candidates: it is
+    # applied once, to the chosen file.
+    wanted = opts.bias_correction
+    # One trace of the model serves the weights and the bias correction.
+    found = _bias_glue.analysis(obj) if ratio is not None or not _bias_glue.wanted_why_not(obj, wanted) else None
+    base = opts.with_options({"bias_correction": False})
+    weights = _error_weights(found) if ratio is not None else {}
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InvalidArgumentError(f"{path}: the folder {folder} does not exist")
+    line = ProgressLine() if enabled(opts.progress) else None
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".lgn-search-") as tmp:
+            trials = _Trials(obj, base, tmp, len(cands), line)
+            for c in cands:
+                trials.run(c)
+            tried = trials.tried
+            if ratio is not None:
+                _allocate(trials, ratio, weights)
+            if err is not None:
+                _refine(trials, err, lambda r: _meets(r, ratio, err))
+            best = _choose(tried, ratio, err, weights)
+            corrected, note = _bias_glue.finish(obj, wanted, best[2], path, best[1].tensors, found)
+            # The chosen file may have grown by bias correction's metadata note: its report (its
+            # row of the table, and the returned report) says what was written.
+            i = tried.index(best)
+            best = tried[i] = (best[0], dataclasses.replace(best[1], file_bytes=os.path.getsize(path)), best[2])
+    finally:
+        if line is not None:
+            line.close()
     b = best[1]
     return SaveReport(
         path=os.fspath(path),
@@ -352,9 +358,9 @@ def search(
         source_bytes=b.source_bytes,
         numel=b.numel,
         seconds=sum(r.seconds for _, r, _ in tried),
-        tensors=_with_reasons(b.tensors, corrected),
+        tensors=_bias_glue.with_reasons(b.tensors, corrected),
         codebooks=b.codebooks,
-        search=table,
+        search=_table(tried, best, err, weights),
         bias_corrected=corrected,
         bias_note=note,
     )

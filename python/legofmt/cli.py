@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 
 from . import _legofmt
-from ._api import DEFAULT_BLOCK, DEFAULT_K, DEFAULT_STAGES, info, open, save
-from ._legofmt import MAX_K, MIN_K
+from ._legofmt import MAX_BLOCK_SIDE, MAX_K, MAX_STAGES, MIN_K
+from ._options import DEFAULT_BLOCK, DEFAULT_K, DEFAULT_MIN_SIZE, DEFAULT_OUTLIERS, DEFAULT_STAGES
+from ._reader import info, open_file
 from ._report import search_table
+from ._save import save
 from .errors import InvalidArgumentError, LgnError
 
 
@@ -39,7 +41,7 @@ def _load_source(src: str) -> dict[str, Any]:
     lower = src.lower()
     if lower.endswith((".safetensors", ".lgn")):
         out: dict[str, Any] = {}
-        with open(src, "np") as f:
+        with open_file(src, "np") as f:
             for name in f.keys():
                 dtype, _ = f.dtype_and_shape(name)
                 arr = f.get_tensor(name)
@@ -86,7 +88,9 @@ def _check_destination(path: str) -> None:
 def cmd_compress(a: argparse.Namespace) -> int:
     state = _load_source(a.src)
     _check_destination(a.output)
-    options: dict[str, Any] = {"scale": a.scale, "progress": not a.quiet}
+    # Progress: forced by --progress, silenced by -q, else shown when stderr is a terminal.
+    progress = True if a.progress else False if a.quiet else None
+    options: dict[str, Any] = {"scale": a.scale, "progress": progress}
     if a.stages is not None:
         options["stages"] = a.stages
     if a.min_size is not None:
@@ -112,11 +116,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
 def cmd_decompress(a: argparse.Namespace) -> int:
     _check_destination(a.output)
     tensors = []
-    with open(a.file, "np") as f:
+    with open_file(a.file, "np") as f:
         metadata = f.metadata()
         for name in f.keys():
             dtype, shape = f.dtype_and_shape(name)
-            tensors.append((name, dtype, list(shape), f._r.decode(name)))
+            tensors.append((name, dtype, list(shape), f.decode_bytes(name)))
     n = _legofmt.write_safetensors(a.output, tensors, metadata or None)
     print(f"{a.output}: {len(tensors)} tensors, {n} bytes (plain safetensors)")
     return 0
@@ -144,7 +148,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    with open(a.file, "np") as f:
+    with open_file(a.file, "np") as f:
         f.verify()
         n = len(f.keys())
     print(f"{a.file}: OK ({n} tensors, every checksum and index checked)")
@@ -168,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--block",
         type=_parse_block,
-        help=f"block shape HxW, sides 1..8 (default {DEFAULT_BLOCK[0]}x{DEFAULT_BLOCK[1]})",
+        help=f"block shape HxW, sides 1..{MAX_BLOCK_SIDE} (default {DEFAULT_BLOCK[0]}x{DEFAULT_BLOCK[1]})",
     )
-    c.add_argument("--stages", type=int, help=f"residual stages, 1..16 (default {DEFAULT_STAGES})")
+    c.add_argument("--stages", type=int, help=f"residual stages, 1..{MAX_STAGES} (default {DEFAULT_STAGES})")
     c.add_argument(
         "--scale",
         choices=["row", "row-rms", "tensor", "none"],
@@ -178,7 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="scaling before clustering (row-rms: rows divided by their RMS instead of their largest value)",
     )
     c.add_argument("--raw", action="append", metavar="PATTERN", help="glob of tensor names to keep raw (repeatable)")
-    c.add_argument("--min-size", type=int, help="tensors with fewer elements stay raw (default 4096)")
+    c.add_argument(
+        "--min-size",
+        type=int,
+        help="tensors with fewer elements are sensitive: they get their own 8-bit codebook (raw with "
+        f"--sensitive-raw) instead of the shared one (default {DEFAULT_MIN_SIZE})",
+    )
     c.add_argument("--target-ratio", type=float, help="search block shape and per-tensor stages for this ratio vs fp32")
     c.add_argument("--max-error", type=float, help="search for the smallest file with every tensor's rel. MSE <= this")
     c.add_argument(
@@ -193,10 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--outliers",
         type=float,
         metavar="FRACTION",
-        help="fraction of each clustered tensor's elements kept exact (e.g. 0.001; writes format 2.0)",
+        help="fraction of the elements of each tensor in the shared codebook stored exactly "
+        f"(default {DEFAULT_OUTLIERS}; 0: none; a file with outliers is format 2.0)",
     )
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    shown = c.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--progress",
+        action="store_true",
+        help="show progress even when stderr is not a terminal (default: only on one)",
+    )
+    shown.add_argument("-q", "--quiet", action="store_true", help="show no progress")
     c.add_argument("-v", "--verbose", action="store_true", help="print the per-tensor table")
     c.set_defaults(func=cmd_compress)
 
@@ -217,9 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader of stdout went away (``legofmt info FILE | head -1``): stop quietly, as a
+        # command killed by SIGPIPE would. stdout points at devnull so that the interpreter's
+        # last flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # 128 + SIGPIPE, what a shell reports for a command stopped by it
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside main's handler
+        return status
     except (CliError, LgnError) as e:
         hint = ""
         if isinstance(e, InvalidArgumentError):
