@@ -85,8 +85,8 @@ def _targets(model: Any) -> list[tuple[str, torch.Tensor]]:
             name,
             legofmt._dtypes.torch_name(t),
             tuple(t.shape),
-            block=legofmt._api.DEFAULT_BLOCK,
-            min_size=legofmt._api.DEFAULT_MIN_SIZE,
+            block=legofmt._options.DEFAULT_BLOCK,
+            min_size=legofmt._options.DEFAULT_MIN_SIZE,
         )
         if dec.target == SHARED:
             out.append((name, t))
