@@ -10,6 +10,7 @@
 
 use crate::dtype::Dtype;
 use crate::error::{LgnError, Result};
+use crate::format::decode::ScaleView;
 use half::f16;
 
 /// How a clustered tensor is scaled before clustering.
@@ -88,6 +89,13 @@ pub struct FittedScales {
     pub values: Vec<f32>,
     /// `F16` or `F32`.
     pub dtype: Dtype,
+}
+
+impl FittedScales {
+    /// The decoder's view of these scales (per-row scales from row 0).
+    pub fn view(&self) -> ScaleView<'_> {
+        ScaleView::new(self.mode, 0, &self.values)
+    }
 }
 
 fn f16_exact_ok(v: f32) -> bool {

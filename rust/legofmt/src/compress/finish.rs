@@ -9,7 +9,7 @@ use super::{report_progress, to_f32, Event, ProgressFn, TensorInput};
 use crate::blocks::Grid;
 use crate::dtype::Dtype;
 use crate::error::Result;
-use crate::format::decode::{apply_outliers, decode_rows, StageParts};
+use crate::format::decode::{apply_outliers, decode_rows, ScaleView, StageParts};
 use crate::scale::FittedScales;
 
 /// A clustered tensor ready to lay out.
@@ -63,7 +63,10 @@ pub(super) fn finish(
         let refit = refit_scales(t, &x, &p.grid, &parts, s, &p.outliers)?;
         p.scales = Some(refit);
     }
-    let scales = p.scales.as_ref().map_or(&[][..], |s| &s.values);
+    let scales = p
+        .scales
+        .as_ref()
+        .map_or(ScaleView::None, FittedScales::view);
     let (rel_mse, max_abs_err) = measure(t, &x, &p.grid, &parts, scales, &p.outliers)?;
     drop(parts);
     Ok(FinishedTensor {
@@ -102,7 +105,7 @@ fn refit_scales(
     outliers: &Outliers,
 ) -> Result<FittedScales> {
     let mut q = vec![0f32; x.len()];
-    decode_rows(&t.name, grid, parts, &[], 0, grid.rows, &mut q)?;
+    decode_rows(&t.name, grid, parts, ScaleView::None, 0, grid.rows, &mut q)?;
     // Outliers are overwritten when decoding: they take no part in the fit.
     let mut xz = Cow::Borrowed(x);
     if !outliers.is_empty() {
@@ -119,7 +122,7 @@ pub(super) fn measure(
     x: &[f32],
     grid: &Grid,
     parts: &[StageParts<'_>],
-    scales: &[f32],
+    scales: ScaleView<'_>,
     outliers: &Outliers,
 ) -> Result<(f64, f64)> {
     let (opos, oval) = (&outliers.positions[..], &outliers.values[..]);

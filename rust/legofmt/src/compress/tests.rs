@@ -413,7 +413,7 @@ fn finish_refit_never_increases_the_error() {
         assert_eq!(packed.outliers.len(), 5);
         let before = {
             let parts = stage_parts(&codebooks, &packed.codebooks, &packed.indices);
-            let scales = &packed.scales.as_ref().unwrap().values;
+            let scales = packed.scales.as_ref().unwrap().view();
             measure(
                 &inputs[0],
                 &x,

@@ -131,31 +131,19 @@ impl<'a> ScaleView<'a> {
 const SEQUENTIAL_BELOW: usize = 1 << 17;
 
 /// Decodes rows `row_begin..row_end` of a clustered tensor into `out`
-/// (`(row_end - row_begin) * grid.cols` elements). `scales` has one value per row, one value
-/// for the whole tensor, or is empty for no scaling. `tensor` names the tensor in errors.
-///
-/// The scale mode is taken from the number of values (a one-row tensor's per-row scale and a
-/// tensor scale decode alike). A caller that knows the mode passes
-/// [`ScaleView::new`] to [`decode_rows_window`] with `first_block` 0 instead.
+/// (`(row_end - row_begin) * grid.cols` elements), with `scales` as the tensor stores them
+/// (per-row scales start at row 0). `tensor` names the tensor in errors.
 ///
 /// Indices `>= k` are reported as a format error naming the tensor, stage and block.
 pub fn decode_rows<T: OutElem>(
     tensor: &str,
     grid: &Grid,
     stages: &[StageParts<'_>],
-    scales: &[f32],
+    scales: ScaleView<'_>,
     row_begin: usize,
     row_end: usize,
     out: &mut [T],
 ) -> Result<()> {
-    let scales = match scales.len() {
-        0 => ScaleView::None,
-        1 => ScaleView::Tensor(scales[0]),
-        _ => ScaleView::Rows {
-            first_row: 0,
-            values: scales,
-        },
-    };
     decode_rows_window(tensor, grid, stages, 0, scales, row_begin..row_end, out)
 }
 
@@ -415,11 +403,11 @@ mod tests {
             packed: &packed,
         }];
         let mut y = vec![0f32; rows * cols];
-        decode_rows("t", &g, &st, &[], 0, rows, &mut y).unwrap();
+        decode_rows("t", &g, &st, ScaleView::None, 0, rows, &mut y).unwrap();
         assert_eq!(x, y);
         for (b, e) in [(1, 4), (3, 7), (0, 1), (5, 5)] {
             let mut part = vec![0f32; (e - b) * cols];
-            decode_rows("t", &g, &st, &[], b, e, &mut part).unwrap();
+            decode_rows("t", &g, &st, ScaleView::None, b, e, &mut part).unwrap();
             assert_eq!(&part[..], &x[b * cols..e * cols]);
         }
         // From a window of the index bytes starting at block 8 (a whole byte for any width).
@@ -444,7 +432,16 @@ mod tests {
             },
         ];
         let scales: Vec<f32> = (0..rows).map(|r| r as f32).collect();
-        decode_rows("t", &g, &st2, &scales, 0, rows, &mut y).unwrap();
+        decode_rows(
+            "t",
+            &g,
+            &st2,
+            ScaleView::new(ScaleMode::Row, 0, &scales),
+            0,
+            rows,
+            &mut y,
+        )
+        .unwrap();
         for r in 0..rows {
             for c in 0..cols {
                 assert_eq!(y[r * cols + c], x[r * cols + c] * r as f32);
@@ -464,7 +461,7 @@ mod tests {
             packed: &packed,
         }];
         let mut y = [0f32; 4];
-        let e = decode_rows("w", &g, &st, &[], 0, 2, &mut y)
+        let e = decode_rows("w", &g, &st, ScaleView::None, 0, 2, &mut y)
             .unwrap_err()
             .to_string();
         assert!(
