@@ -27,29 +27,9 @@ MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
 VALID = [e for e in MANIFEST["vectors"] if e["valid"]]
 INVALID = [e for e in MANIFEST["vectors"] if not e["valid"]]
 
-# Reader bugs found by the vectors: file -> what goes wrong. The affected checks are strict
-# xfails, so fixing the bug makes them fail until the entry is removed here.
-KNOWN_READER_BUGS: dict[str, str] = {
-    "valid/hand_raw_with_clustered_members.lgn": "the reader type-checks `scale` and `stages` of raw tensors, "
-    "which are unknown members there (spec/lgn.md section 6)",
-    "invalid/metadata_duplicate_key.lgn": "the reader accepts a duplicate key in the header's __metadata__",
-    "invalid/manifest_duplicate_crc32_key.lgn": "the reader accepts a duplicate key in the manifest's crc32 map",
-    "invalid/manifest_duplicate_unknown_member.lgn": "the reader accepts a duplicate unknown manifest member",
-    "invalid/outliers_null.lgn": 'the reader takes "outliers": null in a 2.x file for an absent member',
-}
-
 
 def ids(entries: list[dict[str, Any]]) -> list[str]:
     return [Path(e["file"]).name for e in entries]
-
-
-def with_known_bugs(entries: list[dict[str, Any]]) -> list[Any]:
-    return [
-        pytest.param(e, marks=pytest.mark.xfail(strict=True, reason=KNOWN_READER_BUGS[e["file"]]))
-        if e["file"] in KNOWN_READER_BUGS
-        else e
-        for e in entries
-    ]
 
 
 def header(path: Path) -> dict[str, Any]:
@@ -122,13 +102,13 @@ def to_numpy_bits(t: Any) -> np.ndarray[Any, Any]:
 # --- valid vectors -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("entry", with_known_bugs(VALID), ids=ids(VALID))
+@pytest.mark.parametrize("entry", VALID, ids=ids(VALID))
 def test_legofmt_load_numpy_is_bit_exact(entry: dict[str, Any]) -> None:
     got = legofmt.load(VECTORS / entry["file"], framework="np")
     assert_same_np(got, expected_np(entry), entry)
 
 
-@pytest.mark.parametrize("entry", with_known_bugs(VALID), ids=ids(VALID))
+@pytest.mark.parametrize("entry", VALID, ids=ids(VALID))
 def test_legofmt_load_torch_is_bit_exact(entry: dict[str, Any]) -> None:
     torch = pytest.importorskip("torch")
     from safetensors.torch import load_file
@@ -151,7 +131,7 @@ def test_reference_decoder_is_bit_exact(entry: dict[str, Any]) -> None:
     assert_same_np(got, expected_np(entry), entry)
 
 
-@pytest.mark.parametrize("entry", with_known_bugs(VALID), ids=ids(VALID))
+@pytest.mark.parametrize("entry", VALID, ids=ids(VALID))
 def test_streaming_decode_verify_and_info(entry: dict[str, Any]) -> None:
     path = VECTORS / entry["file"]
     want = expected_np(entry)
@@ -263,7 +243,7 @@ OPEN = [e for e in INVALID if e["detected_at"] == "open"]
 DECODE = [e for e in INVALID if e["detected_at"] == "decode"]
 
 
-@pytest.mark.parametrize("entry", with_known_bugs(OPEN), ids=ids(OPEN))
+@pytest.mark.parametrize("entry", OPEN, ids=ids(OPEN))
 def test_invalid_file_is_rejected_at_open(entry: dict[str, Any]) -> None:
     path = VECTORS / entry["file"]
     check_error(entry, lambda: legofmt.open(path, "np"))
@@ -271,7 +251,7 @@ def test_invalid_file_is_rejected_at_open(entry: dict[str, Any]) -> None:
     check_error(entry, lambda: legofmt.info(path))
 
 
-@pytest.mark.parametrize("entry", with_known_bugs(DECODE), ids=ids(DECODE))
+@pytest.mark.parametrize("entry", DECODE, ids=ids(DECODE))
 def test_invalid_data_is_rejected_at_decode(entry: dict[str, Any]) -> None:
     path = VECTORS / entry["file"]
     with legofmt.open(path, "np") as f:  # the header and the manifest are fine

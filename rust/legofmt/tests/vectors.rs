@@ -17,35 +17,6 @@ use legofmt::format::reader::{Layout, LgnFile, TensorInfo};
 use legofmt::LgnError;
 use serde_json::Value;
 
-/// Reader bugs the vectors expose: (file, what goes wrong). The affected check is inverted
-/// (it must still fail), so fixing the bug makes this test fail until the entry is removed.
-const KNOWN_READER_BUGS: &[(&str, &str)] = &[
-    (
-        "valid/hand_raw_with_clustered_members.lgn",
-        "the reader type-checks `scale` and `stages` of raw tensors, unknown members there",
-    ),
-    (
-        "invalid/metadata_duplicate_key.lgn",
-        "the reader accepts a duplicate key in the header's `__metadata__`",
-    ),
-    (
-        "invalid/manifest_duplicate_crc32_key.lgn",
-        "the reader accepts a duplicate key in the manifest's crc32 map",
-    ),
-    (
-        "invalid/manifest_duplicate_unknown_member.lgn",
-        "the reader accepts a duplicate unknown manifest member",
-    ),
-    (
-        "invalid/outliers_null.lgn",
-        "the reader takes `\"outliers\": null` in a 2.x file for an absent member",
-    ),
-];
-
-fn is_known_bug(file: &str) -> bool {
-    KNOWN_READER_BUGS.iter().any(|(f, _)| *f == file)
-}
-
 /// Whether two decoded tensors are equal bit for bit, except that with `nan_any` (the spec
 /// leaves those NaN bits unspecified) a NaN matches any NaN.
 fn same_bits(got: &[u8], want: &[u8], dtype: Dtype, nan_any: bool) -> bool {
@@ -193,14 +164,9 @@ fn valid_vectors_decode_bit_for_bit() {
     let failures: Vec<String> = valid
         .iter()
         .filter_map(|v| {
-            let file = field(v, "file");
-            match (check_valid(v), is_known_bug(file)) {
-                (Ok(()), false) | (Err(_), true) => None,
-                (Err(e), false) => Some(format!("{file}: {e}")),
-                (Ok(()), true) => Some(format!(
-                    "{file}: listed in KNOWN_READER_BUGS but passes now: remove the entry"
-                )),
-            }
+            check_valid(v)
+                .err()
+                .map(|e| format!("{}: {e}", field(v, "file")))
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -225,30 +191,18 @@ fn check_error(e: &LgnError, v: &Value, what: &str) -> Result<(), String> {
 }
 
 fn check_invalid(v: &Value) -> Result<(), String> {
-    let file = field(v, "file");
-    let known_bug = is_known_bug(file);
-    let opened = LgnFile::open(vectors_dir().join(file));
+    let opened = LgnFile::open(vectors_dir().join(field(v, "file")));
     match field(v, "detected_at") {
-        "open" => match (opened, known_bug) {
-            (Ok(_), false) => Err("open succeeded".into()),
-            (Err(e), false) => check_error(&e, v, "open"),
-            (Ok(_), true) => Ok(()),
-            (Err(e), true) => Err(format!(
-                "listed in KNOWN_READER_BUGS but opening now fails ({e}): remove the entry"
-            )),
+        "open" => match opened {
+            Ok(_) => Err("open succeeded".into()),
+            Err(e) => check_error(&e, v, "open"),
         },
         "decode" => {
             let f = opened.map_err(|e| format!("open failed early: {e}"))?;
             let first = f.tensors().iter().find_map(|t| f.decode(&t.name).err());
-            match (first, known_bug) {
-                (Some(e), false) => check_error(&e, v, "decode")?,
-                (None, false) => return Err("decoding every tensor succeeded".into()),
-                (Some(e), true) => {
-                    return Err(format!(
-                        "listed in KNOWN_READER_BUGS but decoding now fails ({e}): remove the entry"
-                    ))
-                }
-                (None, true) => {}
+            match first {
+                Some(e) => check_error(&e, v, "decode")?,
+                None => return Err("decoding every tensor succeeded".into()),
             }
             match f.verify() {
                 Ok(()) => Err("verify succeeded".into()),
@@ -283,9 +237,6 @@ fn invalid_vectors_are_rejected_with_the_listed_error() {
 fn bytes_in_memory_behave_like_files() {
     // LgnFile::from_bytes (no mmap) reaches the same verdicts on a sample of vectors.
     for v in vectors() {
-        if is_known_bug(field(&v, "file")) {
-            continue;
-        }
         let bytes = std::fs::read(vectors_dir().join(field(&v, "file"))).expect("readable");
         let r = LgnFile::from_bytes(bytes);
         if v["valid"] == true {

@@ -109,6 +109,13 @@ impl Envelope {
             field: Some("header".into()),
             message: format!("header is not valid safetensors JSON: {e}"),
         })?;
+        // Tensor names and entry fields are checked for duplicates while parsing; this also
+        // covers `__metadata__`'s keys (a serde map would keep the last value silently).
+        super::json::check_unique_members(text).map_err(|e| LgnError::Format {
+            tensor: None,
+            field: Some("header".into()),
+            message: format!("header is not valid safetensors JSON: {e}"),
+        })?;
         let data_len = file_len - (PREFIX_LEN + header.len()) as u64;
         Self::from_entries(entries, header.len(), data_len)
     }

@@ -99,8 +99,13 @@ pub enum Encoding {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scale: Option<ScaleEntry>,
         /// Elements stored exactly (format 2.0; ignored in files of major 1, where it is an
-        /// unknown member and may hold anything).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// unknown member and may hold anything). A member present as `null` is
+        /// [`OutliersMember::Malformed`], not absent.
+        #[serde(
+            default,
+            deserialize_with = "present_outliers",
+            skip_serializing_if = "Option::is_none"
+        )]
         outliers: Option<OutliersMember>,
     },
 }
@@ -129,6 +134,14 @@ impl<'de> Deserialize<'de> for OutliersMember {
         });
         Ok(entry.map_or(OutliersMember::Malformed(v), OutliersMember::Entry))
     }
+}
+
+/// A present `outliers` member, whatever it holds (`null` included: the spec's `null` never
+/// means absent); an absent one is `None` through `#[serde(default)]`.
+fn present_outliers<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<OutliersMember>, D::Error> {
+    OutliersMember::deserialize(d).map(Some)
 }
 
 /// The outliers of a clustered tensor (format 2.0): elements whose decoded value is stored
@@ -197,12 +210,20 @@ impl Manifest {
             _ => Ok(()),
         };
         object(Some(&v), "manifest")?;
+        // No object repeats a member name, unknown members and map keys (`crc32`) included.
+        super::json::check_unique_members(s)
+            .map_err(|e| err(format!("manifest is not valid: {e}")))?;
         let items = |key: &str| v[key].as_array().cloned().unwrap_or_default();
         for (i, c) in items("codebooks").iter().enumerate() {
             object(Some(c), &format!("codebooks[{i}]"))?;
         }
         for (i, t) in items("tensors").iter().enumerate() {
             object(Some(t), &format!("tensors[{i}]"))?;
+            // `scale` and `stages` are members of clustered tensors only: on a raw tensor they
+            // are unknown members, ignored whatever they hold.
+            if t.get("encoding").and_then(|e| e.as_str()) != Some("clustered") {
+                continue;
+            }
             object(t.get("scale"), &format!("tensors[{i}].scale"))?;
             if let Some(stages) = t.get("stages").and_then(|s| s.as_array()) {
                 for (j, st) in stages.iter().enumerate() {

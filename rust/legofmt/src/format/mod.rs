@@ -10,6 +10,7 @@
 
 pub mod decode;
 pub mod envelope;
+mod json;
 pub mod layout;
 pub mod manifest;
 mod pieces;
