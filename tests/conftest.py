@@ -1,5 +1,6 @@
-"""Shared test setup: the examples' fixture loaders and the independent reference decoder are
-importable, and hypothesis has a CI profile with bounded, deterministic runs."""
+"""Shared test setup: the examples' fixture loaders are importable, and hypothesis has a CI
+profile with bounded, deterministic runs. (The reference decoder, ``spec/lgn_decoder.py``, is
+imported by the tests that use it.)"""
 
 from __future__ import annotations
 
