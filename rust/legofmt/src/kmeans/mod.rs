@@ -6,7 +6,7 @@
 //!
 //! 1. **Init** (`init.rs`): greedy k-means++ on a random sample of the points (see `init.rs`
 //!    for the exact sampling rule and what happens for very large `k`).
-//! 2. **Samples** ([`ProgressStage::MiniBatch`], `samples.rs`): Lloyd iterations with
+//! 2. **Samples** ([`ProgressStage::Samples`], `samples.rs`): Lloyd iterations with
 //!    over-relaxation and momentum on nested random samples growing from `64 k` points to
 //!    `48 sqrt(n k)` (the whole data set when that is smaller; the sampler is `sampler.rs`),
 //!    many cheap iterations on the small samples, one or two on the largest.

@@ -19,11 +19,23 @@ pub enum ProgressStage {
     /// The sample phase (Lloyd iterations with momentum on nested random samples);
     /// `done`/`total` count points assigned (`total` is the `max_iter * n` budget, an upper
     /// bound).
-    MiniBatch,
+    Samples,
     /// Full-data Lloyd iterations; `done`/`total` count points over all planned iterations.
     Lloyd,
     /// The final assignment of every point; `done`/`total` count points.
     Assign,
+}
+
+impl ProgressStage {
+    /// The stage's name in lower case: `"init"`, `"samples"`, `"lloyd"` or `"assign"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProgressStage::Init => "init",
+            ProgressStage::Samples => "samples",
+            ProgressStage::Lloyd => "lloyd",
+            ProgressStage::Assign => "assign",
+        }
+    }
 }
 
 /// A progress report passed to the callback of [`fit`](super::fit).
@@ -78,5 +90,51 @@ impl<'a> ProgressThrottle<'a> {
         } else {
             Err(LgnError::Cancelled)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_names_are_the_lowercased_debug_names() {
+        // compress.rs prints a stage as its `{:?}` name lowercased: the two must agree.
+        let stages = [
+            ProgressStage::Init,
+            ProgressStage::Samples,
+            ProgressStage::Lloyd,
+            ProgressStage::Assign,
+        ];
+        let names: Vec<&str> = stages.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["init", "samples", "lloyd", "assign"]);
+        for s in stages {
+            assert_eq!(format!("{s:?}").to_lowercase(), s.name());
+        }
+    }
+
+    #[test]
+    fn throttle_reports_after_enough_work_and_cancels_on_false() {
+        let calls = std::sync::Mutex::new(0usize);
+        let cb = |_: &Progress| {
+            *calls.lock().unwrap() += 1;
+            true
+        };
+        let p = Progress {
+            stage: ProgressStage::Init,
+            done: 0,
+            total: 1,
+            inertia: None,
+        };
+        let mut t = ProgressThrottle::new(&cb);
+        t.tick(p, WORK_PER_REPORT - 1).unwrap();
+        assert_eq!(*calls.lock().unwrap(), 0);
+        t.tick(p, 1).unwrap();
+        assert_eq!(*calls.lock().unwrap(), 1);
+        t.report_now(p).unwrap();
+        assert_eq!(*calls.lock().unwrap(), 2);
+        let no = |_: &Progress| false;
+        let mut t = ProgressThrottle::new(&no);
+        assert!(matches!(t.report_now(p), Err(LgnError::Cancelled)));
     }
 }

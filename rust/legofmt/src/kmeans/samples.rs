@@ -117,7 +117,7 @@ pub(crate) fn run(
             let mut tick = |done: usize, work: u64| {
                 throttle.tick(
                     Progress {
-                        stage: ProgressStage::MiniBatch,
+                        stage: ProgressStage::Samples,
                         done: used + done,
                         total: budget,
                         inertia: None,
@@ -163,7 +163,7 @@ pub(crate) fn run(
             }
             updates += 1;
             throttle.report_now(Progress {
-                stage: ProgressStage::MiniBatch,
+                stage: ProgressStage::Samples,
                 done: used,
                 total: budget,
                 inertia: Some(inertia * n as f64 / s as f64),
