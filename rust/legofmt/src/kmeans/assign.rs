@@ -1,89 +1,30 @@
-//! Nearest-centroid search: the hot loop of k-means.
+//! Nearest-centroid assignment: the chunk driver around the kernels of `simd/`, and the public
+//! [`assign`].
 //!
-//! # Kernel
-//! For a point `x` the nearest centroid maximises `x.c - ||c||^2 / 2` (the norm trick: `||x||^2`
-//! is the same for every centroid). The kernel works on a chunk of points stored transposed
-//! (`xt[j][i]`, coordinate-major), so that one vector register holds coordinate `j` of
-//! [`VL`] consecutive points: for a block of [`PB`] points and a group of [`CG`] centroids it
-//! starts `PV x CG` accumulators at `-||c||^2 / 2` and adds `x_j * c_j` for `j = 0..dim` (one
-//! vector load of points, one broadcast per centroid, a multiply and an add per accumulator),
-//! then folds each centroid, in index order, into a lane-wise running maximum (value and
-//! index): there is no horizontal reduction at all. The running maximum of a block of points
-//! stays in registers while a tile of about [`TILE_FLOATS`] floats of centroids (in L1 cache)
-//! streams past it; the points of a chunk stay in L1/L2 cache across tiles. Dimensions 4, 8
-//! and 16 (2x2, 2x4 and 4x4 blocks) get copies with the dimension loop fully unrolled.
-//!
-//! Before packing, the mean of the centroids is subtracted from centroids and points alike
-//! (a translation changes no distance) so that data far from the origin does not lose the
-//! precision of `x.c` to cancellation.
+//! Points are assigned in chunks of [`CHUNK`] (the unit of parallel work). For each chunk the
+//! driver transposes the points (shifted like the packed centroids, see `packed.rs`) into a
+//! coordinate-major buffer, runs the kernel over every block of points and every tile of
+//! centroids, then recomputes the exact distance (f64) of each point to the centroid the
+//! kernel chose. The driver is written once: it is compiled for each instruction set through
+//! [`simd::assign_chunks`], and [`assign_range`] picks the copy unrolled for the dimension.
 //!
 //! # Exactness and determinism
 //! The norm trick rounds differently from `||x - c||^2`: on near ties the kernel may pick a
 //! centroid whose exact distance is larger than the minimum by a few ulps of `||x||^2 + ||c||^2`.
 //! The distance reported for each point is recomputed exactly (in f64) for the chosen centroid.
-//! Ties between equal kernel values go to the lowest index.
-//!
-//! The kernel's value for a point and a centroid is defined operation by operation: start at
-//! `-0.5 * ||c||^2` (an f32 sum of squares in coordinate order), then for `j = 0..dim` add the
-//! rounded product `x_j * c_j` (two roundings: Rust never contracts `a * b + c` into a fused
-//! multiply-add, and the AVX2 code uses separate multiply and add instructions); centroids are
-//! visited in index order and replace the running best only when strictly greater. On x86-64
-//! an AVX2 copy written with intrinsics is selected at run time; the portable copy (plain
-//! Rust on arrays of [`VL`] lanes) performs the same IEEE operations in the same order, so both
-//! return bit-identical results; the tests check this. Every point is handled independently,
-//! so results never depend on how the points are split between chunks or threads.
+//! Ties between equal kernel values go to the lowest index. Every kernel copy returns
+//! bit-identical results (see `simd/`), and every point is handled independently, so results
+//! never depend on how the points are split between chunks or threads.
 
+use super::means::Sums;
+use super::oracle::{nearest_brute, sq_dist_f64};
+use super::packed::Packed;
+use super::points::Points;
+use super::simd::{self, Isa, NearestBlock, PB};
 use crate::par;
 
-/// Lanes of the kernel's vectors: points per vector.
-pub(crate) const VL: usize = 8;
-/// Point vectors per kernel block.
-pub(crate) const PV: usize = 2;
-/// Points per kernel block.
-pub(crate) const PB: usize = VL * PV;
-/// Centroids per kernel group (the number of accumulators is `PV * CG`).
-pub(crate) const CG: usize = 4;
 /// Points per parallel work item.
 pub(crate) const CHUNK: usize = 512;
-/// Target size, in floats, of a tile of packed centroids (16 KiB, half an L1 cache).
-pub(crate) const TILE_FLOATS: usize = 4096;
-
-/// Which compiled copy of the kernels to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isa {
-    /// Baseline instructions of the target (SSE2 on x86-64, NEON on aarch64).
-    Portable,
-    /// x86-64 with AVX2 and FMA, detected at run time (FMA is enabled but never used for
-    /// contraction, so results equal the portable path's).
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-}
-
-impl Isa {
-    /// The fastest copy this CPU supports.
-    pub(crate) fn detect() -> Isa {
-        Isa::avx2().unwrap_or(Isa::Portable)
-    }
-
-    /// The AVX2 copy, if this CPU supports it (never on other architectures).
-    pub(crate) fn avx2() -> Option<Isa> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Some(Isa::Avx2);
-            }
-        }
-        None
-    }
-
-    /// Every copy this CPU can run (for tests).
-    #[cfg(test)]
-    pub(crate) fn all() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        v.extend(Isa::avx2());
-        v
-    }
-}
 
 /// The nearest centroid of one point and the exact squared distance to it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -94,261 +35,7 @@ pub(crate) struct Slot {
     pub dist: f32,
 }
 
-/// Centroids laid out for the kernel: translated by `shift`, with their negated half norms.
-#[derive(Debug, Clone)]
-pub(crate) struct Packed {
-    dim: usize,
-    k: usize,
-    /// The centroids as given, `k * dim` row-major (for exact distances).
-    rows: Vec<f32>,
-    /// Subtracted from centroids and points before the kernel.
-    shift: Vec<f32>,
-    /// `kp * dim` shifted centroids, row-major, `kp = k` rounded up to a multiple of [`CG`];
-    /// padding rows are zero.
-    cent: Vec<f32>,
-    /// `kp` values `-0.5 * ||c - shift||^2`; `-inf` in padding rows (never chosen).
-    nhn: Vec<f32>,
-}
-
-impl Packed {
-    /// Packs `centroids` (`k * dim` row-major, `k >= 1`).
-    pub(crate) fn new(centroids: &[f32], dim: usize) -> Self {
-        assert!(dim >= 1, "dim must be at least 1");
-        assert!(
-            !centroids.is_empty() && centroids.len() % dim == 0,
-            "centroids must hold k >= 1 rows of dim values"
-        );
-        let k = centroids.len() / dim;
-        assert!(k <= u32::MAX as usize / 2, "too many centroids");
-        let mut mean = vec![0f64; dim];
-        for row in centroids.chunks_exact(dim) {
-            for (m, &v) in mean.iter_mut().zip(row) {
-                *m += f64::from(v);
-            }
-        }
-        let shift = mean.iter().map(|m| (m / k as f64) as f32).collect();
-        let kp = k.div_ceil(CG) * CG;
-        let mut packed = Packed {
-            dim,
-            k,
-            rows: centroids.to_vec(),
-            shift,
-            cent: vec![0.0; kp * dim],
-            nhn: vec![f32::NEG_INFINITY; kp],
-        };
-        for c in 0..k {
-            packed.pack(c);
-        }
-        packed
-    }
-
-    /// Number of centroids.
-    pub(crate) fn k(&self) -> usize {
-        self.k
-    }
-
-    /// Vector dimension.
-    pub(crate) fn dim(&self) -> usize {
-        self.dim
-    }
-
-    fn pack(&mut self, c: usize) {
-        let dim = self.dim;
-        let row = &self.rows[c * dim..(c + 1) * dim];
-        let out = &mut self.cent[c * dim..(c + 1) * dim];
-        let mut norm = 0f32;
-        for j in 0..dim {
-            let v = row[j] - self.shift[j];
-            out[j] = v;
-            norm += v * v;
-        }
-        self.nhn[c] = -0.5 * norm;
-    }
-
-    /// Centroid `c` as given.
-    pub(crate) fn row(&self, c: usize) -> &[f32] {
-        &self.rows[c * self.dim..(c + 1) * self.dim]
-    }
-
-    /// Centroids per tile: a multiple of [`CG`], about [`TILE_FLOATS`] floats.
-    fn tile(&self) -> usize {
-        ((TILE_FLOATS / self.dim) / CG).max(1) * CG
-    }
-}
-
-/// Exact squared Euclidean distance, accumulated in f64 in index order.
-#[inline(always)]
-pub(crate) fn sq_dist_f64(a: &[f32], b: &[f32]) -> f64 {
-    let mut s = 0f64;
-    for (&x, &y) in a.iter().zip(b) {
-        let t = f64::from(x) - f64::from(y);
-        s += t * t;
-    }
-    s
-}
-
-/// Brute-force nearest centroid of one point: (index, exact distance), lowest index on ties.
-fn nearest_brute(x: &[f32], centroids: &[f32], dim: usize) -> (u32, f64) {
-    let mut best = (0u32, f64::INFINITY);
-    for (c, row) in centroids.chunks_exact(dim).enumerate() {
-        let d = sq_dist_f64(x, row);
-        if d < best.1 || c == 0 {
-            best = (c as u32, d);
-        }
-    }
-    best
-}
-
-/// Arguments of one kernel call: a block of [`PB`] points against centroids `c0..c1`.
-struct Block<'a> {
-    /// Transposed shifted points of the chunk: `xt[j * stride + i]`.
-    xt: &'a [f32],
-    stride: usize,
-    /// First point of the block (a multiple of [`PB`]).
-    p0: usize,
-    dim: usize,
-    cent: &'a [f32],
-    nhn: &'a [f32],
-    /// Centroid range, multiples of [`CG`].
-    c0: usize,
-    c1: usize,
-}
-
-impl Block<'_> {
-    #[inline(always)]
-    fn check(&self, best: &[f32], bidx: &[u32]) {
-        assert!(self.dim >= 1 && self.p0 % PB == 0 && self.p0 + PB <= self.stride);
-        assert!(self.xt.len() >= self.dim * self.stride);
-        assert!(self.c0 % CG == 0 && self.c1 % CG == 0 && self.c0 <= self.c1);
-        assert!(self.cent.len() >= self.c1 * self.dim && self.nhn.len() >= self.c1);
-        assert!(best.len() == PB && bidx.len() == PB);
-    }
-}
-
-/// The portable kernel: `D` is the dimension when known at compile time (0: `b.dim`).
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // lane loops read like the AVX2 copy
-fn block_portable<const D: usize>(b: &Block<'_>, best: &mut [f32], bidx: &mut [u32]) {
-    b.check(best, bidx);
-    let dim = if D > 0 { D } else { b.dim };
-    assert_eq!(dim, b.dim);
-    let mut bv = [[0f32; VL]; PV];
-    let mut bi = [[0u32; VL]; PV];
-    for v in 0..PV {
-        bv[v].copy_from_slice(&best[v * VL..(v + 1) * VL]);
-        bi[v].copy_from_slice(&bidx[v * VL..(v + 1) * VL]);
-    }
-    let mut c = b.c0;
-    while c < b.c1 {
-        let mut acc = [[[0f32; VL]; CG]; PV];
-        for g in 0..CG {
-            for a in acc.iter_mut() {
-                a[g] = [b.nhn[c + g]; VL];
-            }
-        }
-        for j in 0..dim {
-            let xr = &b.xt[j * b.stride + b.p0..j * b.stride + b.p0 + PB];
-            for g in 0..CG {
-                let cv = b.cent[(c + g) * dim + j];
-                for v in 0..PV {
-                    for l in 0..VL {
-                        acc[v][g][l] += xr[v * VL + l] * cv;
-                    }
-                }
-            }
-        }
-        for (g, ci) in (c as u32..).take(CG).enumerate() {
-            for v in 0..PV {
-                for l in 0..VL {
-                    let a = acc[v][g][l];
-                    let gt = a > bv[v][l];
-                    bv[v][l] = if gt { a } else { bv[v][l] };
-                    bi[v][l] = if gt { ci } else { bi[v][l] };
-                }
-            }
-        }
-        c += CG;
-    }
-    for v in 0..PV {
-        best[v * VL..(v + 1) * VL].copy_from_slice(&bv[v]);
-        bidx[v * VL..(v + 1) * VL].copy_from_slice(&bi[v]);
-    }
-}
-
-/// The AVX2 kernel: the same operations as [`block_portable`], eight lanes per instruction.
-///
-/// # Safety
-/// The CPU must support AVX2 (and FMA, enabled for code generation only).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::needless_range_loop)] // register arrays indexed like the portable copy
-unsafe fn block_avx2<const D: usize>(b: &Block<'_>, best: &mut [f32], bidx: &mut [u32]) {
-    use std::arch::x86_64::*;
-    b.check(best, bidx);
-    let dim = if D > 0 { D } else { b.dim };
-    assert_eq!(dim, b.dim);
-    // SAFETY (all loads and stores below): `check` bounds every index used: points
-    // `p0..p0 + PB` of rows `0..dim` of `xt`, centroids `c0..c1` of `cent` and `nhn`, and the
-    // `PB` entries of `best` and `bidx`.
-    unsafe {
-        let xp = b.xt.as_ptr().add(b.p0);
-        let mut bv = [_mm256_setzero_ps(); PV];
-        let mut bi = [_mm256_setzero_ps(); PV];
-        for v in 0..PV {
-            bv[v] = _mm256_loadu_ps(best.as_ptr().add(v * VL));
-            bi[v] = _mm256_loadu_ps(bidx.as_ptr().add(v * VL).cast::<f32>());
-        }
-        let mut c = b.c0;
-        while c < b.c1 {
-            let mut acc = [[_mm256_setzero_ps(); CG]; PV];
-            for g in 0..CG {
-                let h = _mm256_set1_ps(*b.nhn.get_unchecked(c + g));
-                for a in acc.iter_mut() {
-                    a[g] = h;
-                }
-            }
-            let cp = b.cent.as_ptr().add(c * dim);
-            for j in 0..dim {
-                let mut x = [_mm256_setzero_ps(); PV];
-                for (v, xv) in x.iter_mut().enumerate() {
-                    *xv = _mm256_loadu_ps(xp.add(j * b.stride + v * VL));
-                }
-                for g in 0..CG {
-                    let cv = _mm256_broadcast_ss(&*cp.add(g * dim + j));
-                    for v in 0..PV {
-                        acc[v][g] = _mm256_add_ps(acc[v][g], _mm256_mul_ps(x[v], cv));
-                    }
-                }
-            }
-            for g in 0..CG {
-                let ci = _mm256_castsi256_ps(_mm256_set1_epi32((c + g) as i32));
-                for v in 0..PV {
-                    let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(acc[v][g], bv[v]);
-                    bv[v] = _mm256_blendv_ps(bv[v], acc[v][g], gt);
-                    bi[v] = _mm256_blendv_ps(bi[v], ci, gt);
-                }
-            }
-            c += CG;
-        }
-        for v in 0..PV {
-            _mm256_storeu_ps(best.as_mut_ptr().add(v * VL), bv[v]);
-            _mm256_storeu_ps(bidx.as_mut_ptr().add(v * VL).cast::<f32>(), bi[v]);
-        }
-    }
-}
-
-/// Runs the kernel of `isa` on one block.
-#[inline(always)]
-fn run_block<const D: usize>(isa: Isa, b: &Block<'_>, best: &mut [f32], bidx: &mut [u32]) {
-    match isa {
-        Isa::Portable => block_portable::<D>(b, best, bidx),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only produced by `Isa::avx2`, after detecting AVX2 and FMA.
-        Isa::Avx2 => unsafe { block_avx2::<D>(b, best, bidx) },
-    }
-}
-
-/// Reusable buffers of [`nearest_chunk`].
+/// Reusable buffers of [`chunk_kernel`].
 #[derive(Default)]
 pub(crate) struct Scratch {
     xt: Vec<f32>,
@@ -360,15 +47,15 @@ pub(crate) struct Scratch {
 /// `scratch.best` / `scratch.bidx` (index `u32::MAX` when no kernel value was above `-inf`).
 #[inline(always)]
 fn chunk_kernel<const D: usize>(isa: Isa, points: &[f32], packed: &Packed, scratch: &mut Scratch) {
-    let dim = if D > 0 { D } else { packed.dim };
-    assert_eq!(dim, packed.dim);
+    let dim = if D > 0 { D } else { packed.dim() };
+    assert_eq!(dim, packed.dim());
     let m = points.len() / dim;
     let stride = m.div_ceil(PB) * PB;
     let Scratch { xt, best, bidx } = scratch;
     xt.clear();
     xt.resize(dim * stride, 0.0);
     for (j, row) in xt.chunks_exact_mut(stride).enumerate() {
-        let sj = packed.shift[j];
+        let sj = packed.shift()[j];
         for (o, x) in row.iter_mut().zip(points.chunks_exact(dim)) {
             *o = x[j] - sj;
         }
@@ -377,7 +64,7 @@ fn chunk_kernel<const D: usize>(isa: Isa, points: &[f32], packed: &Packed, scrat
     best.resize(stride, f32::NEG_INFINITY);
     bidx.clear();
     bidx.resize(stride, u32::MAX);
-    let kp = packed.nhn.len();
+    let kp = packed.nhn().len();
     let tile = packed.tile();
     let mut c0 = 0;
     while c0 < kp {
@@ -387,17 +74,17 @@ fn chunk_kernel<const D: usize>(isa: Isa, points: &[f32], packed: &Packed, scrat
             .zip(bidx.chunks_exact_mut(PB))
             .enumerate()
         {
-            let blk = Block {
+            let blk = NearestBlock {
                 xt,
                 stride,
                 p0: bi * PB,
                 dim,
-                cent: &packed.cent,
-                nhn: &packed.nhn,
+                cent: packed.cent(),
+                nhn: packed.nhn(),
                 c0,
                 c1,
             };
-            run_block::<D>(isa, &blk, bv, bx);
+            simd::nearest_block::<D>(isa, &blk, bv, bx);
         }
         c0 = c1;
     }
@@ -410,9 +97,9 @@ const EXACT_GROUP: usize = 8;
 /// order) to the chosen centroid, or a brute-force search where the kernel chose nothing.
 #[inline(always)]
 fn finish_chunk<const D: usize>(points: &[f32], packed: &Packed, bidx: &[u32], out: &mut [Slot]) {
-    let dim = if D > 0 { D } else { packed.dim };
-    assert_eq!(dim, packed.dim);
-    let (k, m) = (packed.k, out.len());
+    let dim = if D > 0 { D } else { packed.dim() };
+    assert_eq!(dim, packed.dim());
+    let (k, m) = (packed.k(), out.len());
     let mut pc = points.chunks_exact(dim * EXACT_GROUP);
     let mut oc = out.chunks_exact_mut(EXACT_GROUP);
     let mut ic = bidx[..m].chunks_exact(EXACT_GROUP);
@@ -420,7 +107,7 @@ fn finish_chunk<const D: usize>(points: &[f32], packed: &Packed, bidx: &[u32], o
         if is.iter().all(|&i| (i as usize) < k) {
             let mut acc = [0f64; EXACT_GROUP];
             let rows: [&[f32]; EXACT_GROUP] =
-                std::array::from_fn(|g| &packed.rows[is[g] as usize * dim..][..dim]);
+                std::array::from_fn(|g| &packed.rows()[is[g] as usize * dim..][..dim]);
             for j in 0..dim {
                 for g in 0..EXACT_GROUP {
                     let t = f64::from(xs[g * dim + j]) - f64::from(rows[g][j]);
@@ -451,11 +138,11 @@ fn finish_chunk<const D: usize>(points: &[f32], packed: &Packed, bidx: &[u32], o
 }
 
 fn finish_one(x: &[f32], packed: &Packed, i: u32) -> Slot {
-    let (idx, dist) = if (i as usize) < packed.k {
+    let (idx, dist) = if (i as usize) < packed.k() {
         (i, sq_dist_f64(x, packed.row(i as usize)))
     } else {
         // Only when every kernel value was -inf or NaN (huge or non-finite input).
-        nearest_brute(x, &packed.rows, packed.dim)
+        nearest_brute(x, packed.rows(), packed.dim())
     };
     Slot {
         idx,
@@ -463,77 +150,12 @@ fn finish_one(x: &[f32], packed: &Packed, i: u32) -> Slot {
     }
 }
 
-/// A set of points: all rows of `data`, or the rows of `data` listed in `idx`.
-#[derive(Clone, Copy)]
-pub(crate) enum Points<'a> {
-    /// Every row of the slice, in order.
-    Dense(&'a [f32]),
-    /// The rows listed, in the order listed.
-    Indexed(&'a [f32], &'a [u32]),
-}
-
-impl<'a> Points<'a> {
-    /// Number of points.
-    pub(crate) fn len(&self, dim: usize) -> usize {
-        match self {
-            Points::Dense(d) => d.len() / dim,
-            Points::Indexed(_, idx) => idx.len(),
-        }
-    }
-
-    /// Point `p`.
-    #[inline(always)]
-    pub(crate) fn row(&self, p: usize, dim: usize) -> &'a [f32] {
-        match *self {
-            Points::Dense(d) => &d[p * dim..(p + 1) * dim],
-            Points::Indexed(d, idx) => {
-                let i = idx[p] as usize;
-                &d[i * dim..(i + 1) * dim]
-            }
-        }
-    }
-}
-
-/// Per-cluster point counts and coordinate sums (f64) of a run of points.
-pub(crate) struct Sums {
-    pub(crate) counts: Vec<u32>,
-    pub(crate) sums: Vec<f64>,
-}
-
-impl Sums {
-    pub(crate) fn new(k: usize, dim: usize) -> Self {
-        Sums {
-            counts: vec![0; k],
-            sums: vec![0.0; k * dim],
-        }
-    }
-
-    /// Adds `x` to cluster `c`.
-    #[inline(always)]
-    pub(crate) fn add(&mut self, c: usize, x: &[f32]) {
-        self.counts[c] += 1;
-        let dim = x.len();
-        for (acc, &v) in self.sums[c * dim..(c + 1) * dim].iter_mut().zip(x) {
-            *acc += f64::from(v);
-        }
-    }
-
-    /// Adds another run's counts and sums.
-    pub(crate) fn merge(&mut self, other: &Sums) {
-        for (c, v) in self.counts.iter_mut().zip(&other.counts) {
-            *c += v;
-        }
-        for (s, v) in self.sums.iter_mut().zip(&other.sums) {
-            *s += v;
-        }
-    }
-}
-
 /// Assigns the points `start..start + out.len()` of `points` chunk by chunk (listed points are
 /// gathered into a contiguous buffer first) and, with `sums`, adds each point to its cluster
-/// in point order. Inlined into each instruction-set copy.
+/// in point order, with the kernel of `isa`. Inlined into each instruction-set copy of
+/// [`simd::assign_chunks`]: call that, not this.
 #[inline(always)]
-fn run_generic<const D: usize>(
+pub(crate) fn assign_chunks_with<const D: usize>(
     isa: Isa,
     points: Points<'_>,
     start: usize,
@@ -541,8 +163,8 @@ fn run_generic<const D: usize>(
     out: &mut [Slot],
     mut sums: Option<&mut Sums>,
 ) {
-    let dim = if D > 0 { D } else { packed.dim };
-    assert_eq!(dim, packed.dim);
+    let dim = if D > 0 { D } else { packed.dim() };
+    assert_eq!(dim, packed.dim());
     let mut scratch = Scratch::default();
     let mut rows: Vec<f32> = Vec::new();
     for (ci, o) in out.chunks_mut(CHUNK).enumerate() {
@@ -568,37 +190,10 @@ fn run_generic<const D: usize>(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2<const D: usize>(
-    points: Points<'_>,
-    start: usize,
-    packed: &Packed,
-    out: &mut [Slot],
-    sums: Option<&mut Sums>,
-) {
-    run_generic::<D>(Isa::Avx2, points, start, packed, out, sums)
-}
-
-fn run_isa<const D: usize>(
-    isa: Isa,
-    points: Points<'_>,
-    start: usize,
-    packed: &Packed,
-    out: &mut [Slot],
-    sums: Option<&mut Sums>,
-) {
-    match isa {
-        Isa::Portable => run_generic::<D>(Isa::Portable, points, start, packed, out, sums),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only produced by `Isa::avx2`, after detecting AVX2 and FMA.
-        Isa::Avx2 => unsafe { run_avx2::<D>(points, start, packed, out, sums) },
-    }
-}
-
 /// Nearest centroids of points `start..start + out.len()` (sequentially, one chunk at a time),
-/// optionally summing them per cluster.
-pub(crate) fn run_points(
+/// optionally summing them per cluster: the copy of the chunk driver for `isa` and
+/// `packed.dim()` (unrolled for 4, 8 and 16).
+pub(crate) fn assign_range(
     isa: Isa,
     points: Points<'_>,
     start: usize,
@@ -607,26 +202,26 @@ pub(crate) fn run_points(
     sums: Option<&mut Sums>,
 ) {
     assert!(
-        start + out.len() <= points.len(packed.dim),
+        start + out.len() <= points.len(packed.dim()),
         "points out of range"
     );
-    match packed.dim {
-        4 => run_isa::<4>(isa, points, start, packed, out, sums),
-        8 => run_isa::<8>(isa, points, start, packed, out, sums),
-        16 => run_isa::<16>(isa, points, start, packed, out, sums),
-        _ => run_isa::<0>(isa, points, start, packed, out, sums),
+    match packed.dim() {
+        4 => simd::assign_chunks::<4>(isa, points, start, packed, out, sums),
+        8 => simd::assign_chunks::<8>(isa, points, start, packed, out, sums),
+        16 => simd::assign_chunks::<16>(isa, points, start, packed, out, sums),
+        _ => simd::assign_chunks::<0>(isa, points, start, packed, out, sums),
     }
 }
 
 /// Fills `out[i]` with the nearest centroid of point `i` of `points`, in parallel over chunks.
 pub(crate) fn assign_points(isa: Isa, points: Points<'_>, packed: &Packed, out: &mut [Slot]) {
     assert_eq!(
-        points.len(packed.dim),
+        points.len(packed.dim()),
         out.len(),
         "points and output sizes differ"
     );
     par::for_each_chunk_mut(out, CHUNK, |ci, o| {
-        run_points(isa, points, ci * CHUNK, packed, o, None);
+        assign_range(isa, points, ci * CHUNK, packed, o, None);
     });
 }
 
@@ -640,7 +235,8 @@ pub(crate) fn inertia_of(slots: &[Slot]) -> f64 {
     slots.iter().map(|s| f64::from(s.dist)).sum()
 }
 
-fn check_shapes(data: &[f32], dim: usize, centroids: &[f32]) {
+/// Panics unless `dim >= 1`, `data` holds whole rows and `centroids` at least one row.
+pub(crate) fn check_shapes(data: &[f32], dim: usize, centroids: &[f32]) {
     assert!(dim >= 1, "dim must be at least 1");
     assert!(
         data.len() % dim == 0,
@@ -658,8 +254,8 @@ fn check_shapes(data: &[f32], dim: usize, centroids: &[f32]) {
 ///
 /// Runs the tiled norm-trick kernel in parallel over chunks of points; memory stays
 /// `O(n + k * dim)` (no `n x k` matrix). On near ties the chosen centroid may differ from
-/// [`assign_brute_force`]'s, with an exact distance larger by at most a few ulps of
-/// `||x||^2 + ||c||^2` (measured after translating by the centroids' mean).
+/// [`assign_brute_force`](super::assign_brute_force)'s, with an exact distance larger by at
+/// most a few ulps of `||x||^2 + ||c||^2` (measured after translating by the centroids' mean).
 ///
 /// # Panics
 /// If `dim` is 0, `data.len()` is not a multiple of `dim`, or `centroids` is empty or not a
@@ -672,72 +268,12 @@ pub fn assign(data: &[f32], dim: usize, centroids: &[f32]) -> (Vec<u32>, f64) {
     (slots.iter().map(|s| s.idx).collect(), inertia_of(&slots))
 }
 
-/// Brute-force nearest-centroid assignment, the oracle of [`assign`]: plain loops, exact squared
-/// Euclidean distances accumulated in f64, the lowest index wins ties. Returns the indices and
-/// the inertia (sum of the minimum distances, in f64, in point order).
-///
-/// # Panics
-/// As [`assign`].
-pub fn assign_brute_force(data: &[f32], dim: usize, centroids: &[f32]) -> (Vec<u32>, f64) {
-    check_shapes(data, dim, centroids);
-    let mut inertia = 0f64;
-    let idx = data
-        .chunks_exact(dim)
-        .map(|x| {
-            let (i, d) = nearest_brute(x, centroids, dim);
-            inertia += d;
-            i
-        })
-        .collect();
-    (idx, inertia)
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::super::oracle::{assign_brute_force, nearest_brute, sq_dist_f64};
+    use super::super::testutil::{assert_near_oracle, run, uniform};
     use super::*;
     use proptest::prelude::*;
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    pub(crate) fn uniform(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..n).map(|_| rng.random_range(lo..hi)).collect()
-    }
-
-    fn run(isa: Isa, data: &[f32], dim: usize, centroids: &[f32]) -> Vec<Slot> {
-        let packed = Packed::new(centroids, dim);
-        let mut slots = vec![Slot::default(); data.len() / dim];
-        assign_slots(isa, data, &packed, &mut slots);
-        slots
-    }
-
-    /// Asserts that each point's fast distance is within a relative tolerance of the minimum.
-    fn assert_near_oracle(data: &[f32], dim: usize, centroids: &[f32], slots: &[Slot]) {
-        let k = centroids.len() / dim;
-        let (bf, bf_inertia) = assign_brute_force(data, dim, centroids);
-        let mut agree = 0;
-        let mut tol = 0f64;
-        for (i, (x, s)) in data.chunks_exact(dim).zip(slots).enumerate() {
-            assert!((s.idx as usize) < k);
-            let exact = sq_dist_f64(x, &centroids[s.idx as usize * dim..][..dim]);
-            let min = sq_dist_f64(x, &centroids[bf[i] as usize * dim..][..dim]);
-            assert_eq!(s.dist, exact as f32);
-            // The f32 norm trick (|c|^2 - 2 x.c) resolves distances to a few ulps of the
-            // squared norms involved, not of the distance itself.
-            let scale = sq_dist_f64(x, &vec![0.0; dim])
-                + sq_dist_f64(&centroids[bf[i] as usize * dim..][..dim], &vec![0.0; dim]);
-            tol += min * 1e-4 + 1e-6 * scale;
-            assert!(
-                exact <= min * (1.0 + 1e-4) + 1e-6 * scale,
-                "point {i}: fast {exact} vs min {min} (dim {dim}, k {k})"
-            );
-            agree += usize::from(s.idx == bf[i]);
-        }
-        // Near-ties may resolve either way (above); on random data most points still agree.
-        assert!(agree * 100 >= slots.len() * 90, "only {agree} agree");
-        let inertia = inertia_of(slots);
-        assert!((inertia - bf_inertia).abs() <= tol.max(1e-30));
-    }
 
     #[test]
     fn matches_brute_force_on_random_data() {
@@ -798,44 +334,6 @@ pub(crate) mod tests {
                     assert!((inertia - bf_inertia).abs() <= 1e-5 * bf_inertia);
                 }
             }
-        }
-    }
-
-    #[test]
-    fn kernel_copies_are_bit_identical() {
-        let dim = 16;
-        let data = uniform(3000 * dim, 1, -3.0, 3.0);
-        let centroids = uniform(300 * dim, 2, -3.0, 3.0);
-        let all: Vec<Vec<Slot>> = Isa::all()
-            .into_iter()
-            .map(|isa| run(isa, &data, dim, &centroids))
-            .collect();
-        for s in &all[1..] {
-            assert_eq!(s, &all[0]);
-        }
-    }
-
-    #[test]
-    fn kernel_copies_agree_for_every_specialisation() {
-        // The unrolled dimensions (4, 8, 16) and generic ones, k not a multiple of the
-        // centroid group, point counts not a multiple of the point block, several tiles.
-        for &(dim, k, n) in &[
-            (4usize, 1027usize, 1001usize),
-            (8, 300, 77),
-            (16, 5, 33),
-            (3, 2, 45),
-            (64, 70, 19),
-        ] {
-            let data = uniform(n * dim, dim as u64, -2.0, 2.0);
-            let centroids = uniform(k * dim, k as u64, -2.0, 2.0);
-            let all: Vec<Vec<Slot>> = Isa::all()
-                .into_iter()
-                .map(|isa| run(isa, &data, dim, &centroids))
-                .collect();
-            for s in &all[1..] {
-                assert_eq!(s, &all[0], "dim {dim} k {k}");
-            }
-            assert_near_oracle(&data, dim, &centroids, &all[0]);
         }
     }
 

@@ -12,14 +12,17 @@
 //!   points the centroids are distinct, and if it has fewer, every distinct point becomes a
 //!   centroid and the rest are duplicates drawn uniformly. The cost is
 //!   `O(sample * k * dim * (2 + ln k))`, about `k^2` with the default sample of `16 k`.
-//! - `k > 4096`: that cost would dominate the fit (hours at `k = 65536`), so the centroids are
+//! - `k > 4096`: that cost would dominate the fit (it grows as `k^2`), so the centroids are
 //!   `k` points of the sample taken in random order, skipping values already taken (distinct
 //!   bit patterns, `-0.0 == 0.0`), padded with duplicates if the sample has fewer than `k`
-//!   distinct points. This is the random initialisation faiss uses; the mini-batch and Lloyd
-//!   stages then do the work. (k-means|| would be the next step up if large-k quality matters.)
+//!   distinct points. This is the random initialisation faiss uses; the sample phase and the
+//!   Lloyd stage then do the work. (k-means|| would be the next step up if large-k quality
+//!   matters.)
 //!
 //! The k-means++ work is parallel over fixed blocks of sample points, with per-block partial
-//! sums combined in block order, so the result does not depend on the thread count.
+//! sums combined in block order, so the result does not depend on the thread count. The
+//! per-block kernel (the potential of a few candidates) is in `simd/`, one copy per
+//! instruction set.
 
 use std::collections::HashSet;
 
@@ -27,9 +30,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::assign::Isa;
-use super::params::{Progress, ProgressStage, ValidKMeansParams};
-use super::report::Reporter;
+use super::params::ValidKMeansParams;
+use super::progress::{Progress, ProgressStage, ProgressThrottle};
+use super::simd::{self, Isa, SUM_LANES};
 use crate::error::Result;
 use crate::par;
 
@@ -37,8 +40,6 @@ use crate::par;
 pub const KMEANSPP_MAX_K: usize = 4096;
 /// Sample points per k-means++ block (the unit of parallel work).
 const BLOCK: usize = 1024;
-/// Partial sums kept per block so that reductions vectorise (combined in a fixed order).
-const SUM_LANES: usize = 8;
 /// RNG stream of the initialisation.
 const STREAM_INIT: u64 = 1;
 
@@ -47,7 +48,7 @@ pub(crate) fn init_centroids(
     data: &[f32],
     params: &ValidKMeansParams,
     isa: Isa,
-    reporter: &mut Reporter<'_>,
+    throttle: &mut ProgressThrottle<'_>,
 ) -> Result<Vec<f32>> {
     let (n, dim, k) = (params.n_points(), params.dim(), params.k());
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed());
@@ -60,11 +61,11 @@ pub(crate) fn init_centroids(
         s
     };
     let chosen = if k <= KMEANSPP_MAX_K {
-        kmeans_pp(data, dim, k, &sample, &mut rng, isa, reporter)?
+        kmeans_pp(data, dim, k, &sample, &mut rng, isa, throttle)?
     } else {
         random_distinct(data, dim, k, &sample, &mut rng)
     };
-    reporter.force(Progress {
+    throttle.report_now(Progress {
         stage: ProgressStage::Init,
         done: k,
         total: k,
@@ -115,7 +116,7 @@ fn random_distinct(
 
 /// A block of sample points, transposed (`xt[j * len + i]`), with each point's squared
 /// distance to the nearest chosen centroid and their sum.
-struct Block {
+struct SampleBlock {
     xt: Vec<f32>,
     dmin: Vec<f32>,
     sum: f64,
@@ -123,186 +124,6 @@ struct Block {
 
 /// Candidates evaluated together (accumulators held in registers).
 const CAND_GROUP: usize = 4;
-
-/// `a < b ? a : b`: the minimum as the x86 `minps` instruction defines it (so that both
-/// kernel copies agree even on NaN).
-#[inline(always)]
-fn min_ps(a: f32, b: f32) -> f32 {
-    if a < b {
-        a
-    } else {
-        b
-    }
-}
-
-/// Squared distance of block point `i` to `c`: an f32 sum of `(x_j - c_j)^2` in coordinate
-/// order (what every kernel lane computes).
-#[inline(always)]
-fn point_dist(xt: &[f32], len: usize, i: usize, c: &[f32]) -> f32 {
-    let mut a = 0f32;
-    for (j, &cj) in c.iter().enumerate() {
-        let t = xt[j * len + i] - cj;
-        a += t * t;
-    }
-    a
-}
-
-/// Adds `min(||x_i - c_g||^2, dmin_i)` to `lanes[g][i % SUM_LANES]` for every point `i` of the
-/// block and each of the [`CAND_GROUP`] candidates of `cands` (`CAND_GROUP * dim` values).
-/// With `store` (one candidate, `cands` repeating it), also writes the minimum into `store`.
-#[inline(always)]
-fn block_pass_portable<const G: usize>(
-    xt: &[f32],
-    dmin: &[f32],
-    dim: usize,
-    cands: &[f32],
-    lanes: &mut [[f64; SUM_LANES]; G],
-    mut store: Option<&mut [f32]>,
-) {
-    let (len, full) = block_bounds::<G>(xt, dmin, dim, cands, store.as_deref());
-    for i0 in (0..full).step_by(SUM_LANES) {
-        let mut acc = [[0f32; SUM_LANES]; G];
-        for j in 0..dim {
-            let x = &xt[j * len + i0..j * len + i0 + SUM_LANES];
-            for g in 0..G {
-                let c = cands[g * dim + j];
-                for l in 0..SUM_LANES {
-                    let t = x[l] - c;
-                    acc[g][l] += t * t;
-                }
-            }
-        }
-        for g in 0..G {
-            for l in 0..SUM_LANES {
-                lanes[g][l] += f64::from(min_ps(acc[g][l], dmin[i0 + l]));
-            }
-        }
-        if let Some(out) = store.as_deref_mut() {
-            for l in 0..SUM_LANES {
-                out[i0 + l] = min_ps(acc[0][l], dmin[i0 + l]);
-            }
-        }
-    }
-    block_tail::<G>(xt, dmin, dim, cands, lanes, store, full);
-}
-
-/// Checks the slice lengths both kernel copies rely on; returns the number of points of the
-/// block and how many of them fall in full groups of [`SUM_LANES`].
-#[inline(always)]
-fn block_bounds<const G: usize>(
-    xt: &[f32],
-    dmin: &[f32],
-    dim: usize,
-    cands: &[f32],
-    store: Option<&[f32]>,
-) -> (usize, usize) {
-    let len = dmin.len();
-    assert!(xt.len() == len * dim && cands.len() == G * dim);
-    assert!(store.map_or(true, |out| out.len() == len));
-    (len, len - len % SUM_LANES)
-}
-
-/// The points of the block after the last full group of [`SUM_LANES`] (scalar, shared by both
-/// kernel copies).
-#[inline(always)]
-fn block_tail<const G: usize>(
-    xt: &[f32],
-    dmin: &[f32],
-    dim: usize,
-    cands: &[f32],
-    lanes: &mut [[f64; SUM_LANES]; G],
-    mut store: Option<&mut [f32]>,
-    full: usize,
-) {
-    let len = dmin.len();
-    for i in full..len {
-        let dm = dmin[i];
-        for g in 0..G {
-            let m = min_ps(point_dist(xt, len, i, &cands[g * dim..(g + 1) * dim]), dm);
-            lanes[g][i - full] += f64::from(m);
-            if g == 0 {
-                if let Some(out) = store.as_deref_mut() {
-                    out[i] = m;
-                }
-            }
-        }
-    }
-}
-
-/// The AVX2 copy of [`block_pass_portable`]: the same operations, eight points per instruction.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_pass_avx2<const G: usize>(
-    xt: &[f32],
-    dmin: &[f32],
-    dim: usize,
-    cands: &[f32],
-    lanes: &mut [[f64; SUM_LANES]; G],
-    mut store: Option<&mut [f32]>,
-) {
-    use std::arch::x86_64::*;
-    let (len, full) = block_bounds::<G>(xt, dmin, dim, cands, store.as_deref());
-    // SAFETY (all loads and stores): `i0 + SUM_LANES <= full <= len`, `j < dim`, `g <
-    // CAND_GROUP`, within the lengths asserted above.
-    unsafe {
-        let xp = xt.as_ptr();
-        let dp = dmin.as_ptr();
-        let cp = cands.as_ptr();
-        let mut lo = [_mm256_setzero_pd(); G];
-        let mut hi = [_mm256_setzero_pd(); G];
-        for g in 0..G {
-            lo[g] = _mm256_loadu_pd(lanes[g].as_ptr());
-            hi[g] = _mm256_loadu_pd(lanes[g].as_ptr().add(4));
-        }
-        let mut i0 = 0;
-        while i0 < full {
-            let mut acc = [_mm256_setzero_ps(); G];
-            for j in 0..dim {
-                let x = _mm256_loadu_ps(xp.add(j * len + i0));
-                for (g, a) in acc.iter_mut().enumerate() {
-                    let t = _mm256_sub_ps(x, _mm256_broadcast_ss(&*cp.add(g * dim + j)));
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(t, t));
-                }
-            }
-            let dm = _mm256_loadu_ps(dp.add(i0));
-            for g in 0..G {
-                let m = _mm256_min_ps(acc[g], dm);
-                lo[g] = _mm256_add_pd(lo[g], _mm256_cvtps_pd(_mm256_castps256_ps128(m)));
-                hi[g] = _mm256_add_pd(hi[g], _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(m)));
-            }
-            if let Some(out) = store.as_deref_mut() {
-                _mm256_storeu_ps(out.as_mut_ptr().add(i0), _mm256_min_ps(acc[0], dm));
-            }
-            i0 += SUM_LANES;
-        }
-        for g in 0..G {
-            _mm256_storeu_pd(lanes[g].as_mut_ptr(), lo[g]);
-            _mm256_storeu_pd(lanes[g].as_mut_ptr().add(4), hi[g]);
-        }
-    }
-    block_tail::<G>(xt, dmin, dim, cands, lanes, store, full);
-}
-
-/// Runs one pass over a block with the kernel copy of `isa`.
-fn block_pass<const G: usize>(
-    isa: Isa,
-    xt: &[f32],
-    dmin: &[f32],
-    dim: usize,
-    cands: &[f32],
-    lanes: &mut [[f64; SUM_LANES]; G],
-    store: Option<&mut [f32]>,
-) {
-    match isa {
-        Isa::Portable => block_pass_portable::<G>(xt, dmin, dim, cands, lanes, store),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only produced after detecting AVX2 and FMA.
-        Isa::Avx2 => unsafe { block_pass_avx2::<G>(xt, dmin, dim, cands, lanes, store) },
-    }
-}
 
 /// Sum of the lanes, in order.
 fn lane_sum(lanes: &[f64; SUM_LANES]) -> f64 {
@@ -314,10 +135,16 @@ fn lane_sum(lanes: &[f64; SUM_LANES]) -> f64 {
 }
 
 /// Potential of the block if each candidate were added (`cands`: `out.len() * dim` values).
-fn potentials(isa: Isa, block: &Block, dim: usize, cands: &[f32], out: &mut [f64]) {
-    fn group<const G: usize>(isa: Isa, block: &Block, dim: usize, cands: &[f32], out: &mut [f64]) {
+fn potentials(isa: Isa, block: &SampleBlock, dim: usize, cands: &[f32], out: &mut [f64]) {
+    fn group<const G: usize>(
+        isa: Isa,
+        block: &SampleBlock,
+        dim: usize,
+        cands: &[f32],
+        out: &mut [f64],
+    ) {
         let mut lanes = [[0f64; SUM_LANES]; G];
-        block_pass::<G>(isa, &block.xt, &block.dmin, dim, cands, &mut lanes, None);
+        simd::pp_pass::<G>(isa, &block.xt, &block.dmin, dim, cands, &mut lanes, None);
         for (o, l) in out.iter_mut().zip(&lanes) {
             *o = lane_sum(l);
         }
@@ -339,10 +166,10 @@ fn potentials(isa: Isa, block: &Block, dim: usize, cands: &[f32], out: &mut [f64
 
 /// Adds centroid `c` to the block: `dmin = min(dmin, ||x - c||^2)`, `sum` recomputed (the
 /// same arithmetic as the candidate's potential, so the two agree bit for bit).
-fn update(isa: Isa, block: &mut Block, dim: usize, c: &[f32]) {
+fn update(isa: Isa, block: &mut SampleBlock, dim: usize, c: &[f32]) {
     let mut lanes = [[0f64; SUM_LANES]; 1];
     let old = block.dmin.clone();
-    block_pass::<1>(
+    simd::pp_pass::<1>(
         isa,
         &block.xt,
         &old,
@@ -356,7 +183,7 @@ fn update(isa: Isa, block: &mut Block, dim: usize, c: &[f32]) {
 
 /// Draws a sample position with probability proportional to `dmin`; `r` is uniform in
 /// `[0, 1)`, `pot > 0` the total. Never returns a point with `dmin == 0`.
-fn draw(blocks: &[Block], pot: f64, r: f64) -> usize {
+fn draw(blocks: &[SampleBlock], pot: f64, r: f64) -> usize {
     let mut r = r * pot;
     let mut last_positive = None;
     for (b, block) in blocks.iter().enumerate() {
@@ -396,12 +223,12 @@ fn kmeans_pp(
     sample: &[usize],
     rng: &mut ChaCha8Rng,
     isa: Isa,
-    reporter: &mut Reporter<'_>,
+    throttle: &mut ProgressThrottle<'_>,
 ) -> Result<Vec<usize>> {
     let s = sample.len();
     let trials = 2 + (k as f64).ln() as usize;
     let row = |p: usize| &data[sample[p] * dim..(sample[p] + 1) * dim];
-    let mut blocks: Vec<Block> = sample
+    let mut blocks: Vec<SampleBlock> = sample
         .chunks(BLOCK)
         .map(|idx| {
             let len = idx.len();
@@ -411,7 +238,7 @@ fn kmeans_pp(
                     xt[j * len + i] = data[pi * dim + j];
                 }
             }
-            Block {
+            SampleBlock {
                 xt,
                 dmin: vec![f32::INFINITY; len],
                 sum: 0.0,
@@ -459,7 +286,7 @@ fn kmeans_pp(
         let c = &cands[best * dim..(best + 1) * dim];
         par::for_each_chunk_mut(&mut blocks, 1, |_, b| update(isa, &mut b[0], dim, c));
         chosen.push(cand_pos[best]);
-        reporter.tick(
+        throttle.tick(
             Progress {
                 stage: ProgressStage::Init,
                 done: chosen.len(),
@@ -474,14 +301,14 @@ fn kmeans_pp(
 
 #[cfg(test)]
 mod tests {
-    use super::super::assign::tests::uniform;
     use super::super::params::KMeansParams;
+    use super::super::testutil::uniform;
     use super::*;
 
     fn init(data: &[f32], dim: usize, p: &KMeansParams, isa: Isa) -> Vec<f32> {
         let v = p.check(data.len() / dim, dim).unwrap();
         let cb = |_: &Progress| true;
-        init_centroids(data, &v, isa, &mut Reporter::new(&cb)).unwrap()
+        init_centroids(data, &v, isa, &mut ProgressThrottle::new(&cb)).unwrap()
     }
 
     fn distinct_rows(v: &[f32], dim: usize) -> usize {
@@ -558,7 +385,7 @@ mod tests {
 
     #[test]
     fn draw_skips_zero_distances() {
-        let blocks = vec![Block {
+        let blocks = vec![SampleBlock {
             xt: vec![],
             dmin: vec![0.0, 1.0, 0.0, 2.0, 0.0],
             sum: 3.0,

@@ -1,47 +1,62 @@
 //! k-means for small vectors (flattened weight blocks, at most 64 values), built for many
-//! points: it reaches the quality of 20 full-data Lloyd iterations at the cost of a few
-//! nearest-centroid passes over the data (see the README, "Benchmarks: k-means").
+//! points: it aims at the quality of many full-data Lloyd iterations at the cost of a few
+//! nearest-centroid passes over the data (the README, "Benchmarks: k-means", has the figures).
 //!
 //! [`fit`] runs four stages, each reported through the progress callback:
 //!
-//! 1. **Init**: greedy k-means++ on a random sample of the points (see `init.rs` for the exact
-//!    sampling rule and what happens for very large `k`).
-//! 2. **Sample phase** ([`ProgressStage::MiniBatch`]): Lloyd iterations with over-relaxation
-//!    and momentum on nested random samples growing from `64 k` points to `48 sqrt(n k)` (the
-//!    whole data set when that is smaller), many cheap iterations on the small samples, one or
-//!    two on the largest (`minibatch.rs`).
-//! 3. **Lloyd**: optional full-data iterations (assignment + exact means; none by default);
-//!    empty clusters are re-seeded with the points farthest from their centroid.
+//! 1. **Init** (`init.rs`): greedy k-means++ on a random sample of the points (see `init.rs`
+//!    for the exact sampling rule and what happens for very large `k`).
+//! 2. **Samples** ([`ProgressStage::Samples`], `samples.rs`): Lloyd iterations with
+//!    over-relaxation and momentum on nested random samples growing from `64 k` points to
+//!    `48 sqrt(n k)` (the whole data set when that is smaller; the sampler is `sampler.rs`),
+//!    many cheap iterations on the small samples, one or two on the largest.
+//! 3. **Lloyd** (`lloyd.rs`): optional full-data iterations (assignment + exact means; none by
+//!    default); empty clusters are re-seeded with the points farthest from their centroid
+//!    (`means.rs`).
 //! 4. **Assign**: the final assignment of every point to its nearest centroid.
 //!
-//! The nearest-centroid search (`assign.rs`) is the hot loop: centroids are shifted by their
-//! mean and compared with `x.c - |c|^2 / 2` in f32, eight points per vector register against
-//! groups of four centroids, then the winner's exact distance is recomputed in f64. Every
-//! floating-point reduction runs in a fixed order, so a fit is deterministic for a seed,
-//! independent of the thread count and of the instruction set (AVX2 or portable) it runs on.
-//! Memory stays `O(n + sample * dim + k * dim)`: there is never an `n x k` matrix.
+//! The nearest-centroid search is the hot loop: centroids are shifted by their mean and packed
+//! (`packed.rs`), the chunk driver (`assign.rs`) compares points with them through the kernels
+//! of `simd/` (`x.c - |c|^2 / 2` in f32, eight points per vector register against groups of
+//! four centroids), then recomputes the winner's exact distance in f64; `oracle.rs` holds the
+//! brute-force search it is tested against. Every floating-point reduction runs in a fixed
+//! order, so a fit is deterministic for a seed, independent of the thread count and of the
+//! instruction set (AVX2 or portable) it runs on. Memory stays
+//! `O(n + sample * dim + k * dim)`: there is never an `n x k` matrix. Progress reports go
+//! through a throttle (`progress.rs`) that calls the callback only every so much work.
 
 mod assign;
 mod init;
 mod lloyd;
-mod minibatch;
+mod means;
+mod oracle;
+mod packed;
 mod params;
-mod report;
+mod points;
+mod progress;
+mod sampler;
+mod samples;
+mod simd;
+#[cfg(test)]
+mod testutil;
 
-pub use assign::{assign, assign_brute_force};
+pub use assign::assign;
+pub use oracle::assign_brute_force;
 pub use params::{
-    KMeansParams, KMeansResult, Progress, ProgressStage, ValidKMeansParams, DEFAULT_BATCH_SIZE,
-    DEFAULT_LLOYD_ITERS, DEFAULT_MAX_ITER, DEFAULT_TOL, MAX_DIM, MAX_K, MIN_K,
+    KMeansParams, KMeansResult, ValidKMeansParams, DEFAULT_BATCH_SIZE, DEFAULT_LLOYD_ITERS,
+    DEFAULT_MAX_ITER, DEFAULT_TOL, MAX_DIM, MAX_K, MIN_K,
 };
+pub use progress::{Progress, ProgressStage};
 
 use crate::error::Result;
-use assign::Isa;
-use report::Reporter;
+use progress::ProgressThrottle;
+use simd::Isa;
 
 /// Clusters `data` (`n * dim` values, row-major, `n` and `dim` as checked in `params`).
 ///
-/// `progress` is called from the calling thread every few tens of milliseconds of work and at
-/// the end of every stage; returning `false` stops the fit with [`LgnError::Cancelled`].
+/// `progress` is called from the calling thread after every 2^26 multiply-adds of work or so,
+/// after every iteration and at the end of every stage; returning `false` stops the fit with
+/// [`LgnError::Cancelled`].
 ///
 /// [`LgnError::Cancelled`]: crate::LgnError::Cancelled
 pub fn fit(
@@ -70,10 +85,10 @@ fn fit_with(
         params.n_points() * dim,
         "data length differs from the one the params were checked for"
     );
-    let mut reporter = Reporter::new(progress);
-    let mut centroids = init::init_centroids(data, params, isa, &mut reporter)?;
-    let steps = minibatch::run(data, params, isa, &mut centroids, &mut reporter)?;
-    let (slots, inertia, updates) = lloyd::run(data, params, isa, &mut centroids, &mut reporter)?;
+    let mut throttle = ProgressThrottle::new(progress);
+    let mut centroids = init::init_centroids(data, params, isa, &mut throttle)?;
+    let steps = samples::run(data, params, isa, &mut centroids, &mut throttle)?;
+    let (slots, inertia, updates) = lloyd::run(data, params, isa, &mut centroids, &mut throttle)?;
     Ok(KMeansResult {
         centroids,
         assignments: slots.iter().map(|s| s.idx).collect(),

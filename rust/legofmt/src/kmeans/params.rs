@@ -1,11 +1,11 @@
-//! Parameters of [`fit`](super::fit), their validation, and the types `fit` reports and returns.
+//! Parameters of [`fit`](super::fit), their validation, and what `fit` returns.
 
 use crate::error::{LgnError, Result};
 
 pub use crate::limits::{MAX_BLOCK_DIM as MAX_DIM, MAX_K, MIN_K};
-/// Default budget of the sample ("mini-batch") phase in "epochs" (passes' worth of points), an
-/// upper bound: the phase usually assigns far fewer points (about 3 passes' worth at 1.6M
-/// points and k = 256, under 1.5 at 6.4M).
+/// Default budget of the sample phase in "epochs" (passes' worth of points), an upper bound:
+/// the phase usually assigns far fewer points (each sample stops on its iteration cap or its
+/// convergence test).
 pub const DEFAULT_MAX_ITER: usize = 10;
 /// Default size of the smallest sample of the sample phase (it is at least `64 k` anyway).
 pub const DEFAULT_BATCH_SIZE: usize = 2048;
@@ -13,8 +13,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 2048;
 pub const DEFAULT_TOL: f64 = 1e-4;
 /// Default number of full-data Lloyd iterations after the sample phase: none. The sample phase
 /// ends on the whole data set when it is small (`n <= 2304 k`); on larger data sets its last
-/// sample (`48 sqrt(n k)` points) already gives the quality of 20 full-data Lloyd iterations
-/// on weight blocks, and a full-data iteration would cost a whole extra assignment pass.
+/// sample (`48 sqrt(n k)` points) already gives the quality full-data iterations would reach
+/// on weight blocks (see the README, "Benchmarks: k-means"), and a full-data iteration would
+/// cost a whole extra assignment pass.
 pub const DEFAULT_LLOYD_ITERS: usize = 0;
 /// The initialisation sample holds at least this many points by default (or all of them).
 pub const DEFAULT_INIT_SAMPLE_MIN: usize = 16384;
@@ -23,9 +24,9 @@ pub const DEFAULT_INIT_SAMPLE_PER_CLUSTER: usize = 16;
 
 /// Parameters of k-means; validate them with [`KMeansParams::check`].
 ///
-/// The fit runs in four stages (see [`ProgressStage`]): k-means++ initialisation on a sample,
-/// the sample phase (Lloyd iterations with momentum on nested random samples, the
-/// "mini-batches"), optional full-data Lloyd iterations, and a final full assignment.
+/// The fit runs in four stages (see [`ProgressStage`](super::ProgressStage)): k-means++
+/// initialisation on a sample, the sample phase (Lloyd iterations with momentum on nested
+/// random samples), optional full-data Lloyd iterations, and a final full assignment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KMeansParams {
     /// Number of clusters, in `2..=65536` and at most the number of points.
@@ -36,8 +37,10 @@ pub struct KMeansParams {
     /// all. It usually assigns far fewer (each sample stops on its iteration cap or its
     /// convergence test). 0 skips the sample phase.
     pub max_iter: usize,
-    /// Size of the smallest sample of the sample phase (at least 1; capped at the number of
-    /// points; the smallest sample holds at least `64 k` points whatever this says).
+    /// The smallest sample size of the sample phase: its first nested sample holds
+    /// `max(batch_size, 64 k)` points (capped at the number of points), each later one twice
+    /// as many. At least 1. (The name is the one the bindings and the Python API use; the fit
+    /// runs no mini-batch algorithm.)
     pub batch_size: usize,
     /// Relative tolerance: the full-data Lloyd iterations stop when the inertia improves by
     /// less than `tol` times itself, and each sample of the sample phase when its inertia
@@ -155,7 +158,8 @@ impl ValidKMeansParams {
     pub fn max_iter(&self) -> usize {
         self.max_iter
     }
-    /// Effective size of the smallest sample (before the `64 k` floor).
+    /// Effective smallest sample size of the sample phase (capped at `n_points`, before the
+    /// `64 k` floor).
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }
@@ -181,35 +185,6 @@ impl ValidKMeansParams {
     }
 }
 
-/// The stage a [`Progress`] report comes from, in the order they run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProgressStage {
-    /// Choosing the initial centroids; `done`/`total` count centroids.
-    Init,
-    /// The sample phase (Lloyd iterations with momentum on nested samples); `done`/`total`
-    /// count points assigned (`total` is the `max_iter * n` budget, an upper bound).
-    MiniBatch,
-    /// Full-data Lloyd iterations; `done`/`total` count points over all planned iterations.
-    Lloyd,
-    /// The final assignment of every point; `done`/`total` count points.
-    Assign,
-}
-
-/// A progress report passed to the callback of [`fit`](super::fit).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Progress {
-    /// Which stage is running.
-    pub stage: ProgressStage,
-    /// Work done so far in this stage (units depend on the stage).
-    pub done: usize,
-    /// Work planned for this stage (an upper bound where the stage can stop early).
-    pub total: usize,
-    /// Sum of squared distances, when one was just measured: the full inertia after a Lloyd
-    /// pass or the final assignment, an estimate (the sample's inertia times `n / sample size`)
-    /// after each iteration of the sample phase.
-    pub inertia: Option<f64>,
-}
-
 /// What [`fit`](super::fit) returns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KMeansResult {
@@ -225,6 +200,7 @@ pub struct KMeansResult {
 
 #[cfg(test)]
 mod tests {
+    use super::super::progress::Progress;
     use super::*;
 
     fn name_of(e: LgnError) -> &'static str {
