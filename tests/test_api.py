@@ -461,7 +461,7 @@ EVENTS = [
     ("prepare g0", 0, 2),
     ("prepare g0", 1, 2),
     ("cluster g0 s0 init", 129, 256),
-    ("cluster g0 s0 minibatch", 16480, 491520),
+    ("cluster g0 s0 samples", 16480, 491520),
     ("cluster g0 s0 assign", 49152, 49152),
     ("cluster g0 s1 init", 256, 256),
     ("cluster g0 s1 samples", 16264, 491520),
@@ -517,7 +517,7 @@ def test_progress_is_one_line_in_words(monkeypatch):
     assert ("measuring errors", "tensor 3/3") in [(d, p) for d, p, _ in bar.lines]
     ns = [n for _, _, n in bar.lines]
     assert ns == sorted(ns) and 0 <= ns[0] < ns[-1] <= _progress.STEPS
-    assert not any("g0" in d or "minibatch" in d for d in descs)
+    assert not any("g0" in d or " s0 " in d for d in descs)  # no raw phase names leak
 
 
 def test_save_draws_one_bar_and_none_when_asked_not_to(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """One progress display per job: a single line with the phase in words, counts and an ETA.
 
 The Rust core reports ``progress(phase, done, total)`` with phases ``"prepare g{G}"``,
-``"cluster g{G} s{S} {stage}"`` (stage ``init``, ``samples`` (formerly ``minibatch``),
+``"cluster g{G} s{S} {stage}"`` (stage ``init``, ``samples``,
 ``lloyd`` or ``assign``), ``"pack g{G}"`` and ``"measure"``; ``done``/``total`` count units
 that differ from phase to phase (centroids, blocks, tensors). :class:`CompressProgress` knows
 each codebook group's k, block and stage count (from :class:`GroupPlan`), turns each event
@@ -29,7 +29,6 @@ REDRAW_S = 0.1
 KMEANS_SPANS = {
     "init": (0.0, 0.15),
     "samples": (0.15, 0.6),
-    "minibatch": (0.15, 0.6),  # the sample phase's former name
     "lloyd": (0.6, 0.75),
     "assign": (0.75, 1.0),
 }
@@ -37,7 +36,6 @@ KMEANS_SPANS = {
 KMEANS_WORDS = {
     "init": "choosing initial centroids",
     "samples": "fitting on samples",
-    "minibatch": "fitting on samples",
     "lloyd": "Lloyd iterations",
     "assign": "assigning",
 }
@@ -161,7 +159,7 @@ def _phase_words(plan: Sequence[GroupPlan], phase: str, done: int, total: int) -
         words = f"{label}clustering stage {s + 1}/{group.stages} (k={group.k}, {bh}x{bw} blocks): {what}"
         if stage == "init":
             counts = f"{done}/{total} centroids"
-        elif stage in ("samples", "minibatch"):
+        elif stage == "samples":
             counts = f"{done:,} block assignments"
         else:
             counts = f"{done:,}/{total:,} blocks"

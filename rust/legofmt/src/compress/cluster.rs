@@ -134,7 +134,7 @@ pub(super) fn cluster(
     let valid = p.check(n, dim)?;
     let cb = |kp: &KProgress| {
         progress(&Event {
-            phase: format!("{phase} {:?}", kp.stage).to_lowercase(),
+            phase: format!("{phase} {}", kp.stage.name()),
             done: kp.done,
             total: kp.total,
         })

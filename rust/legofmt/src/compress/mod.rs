@@ -119,7 +119,8 @@ pub struct CompressOptions {
     pub groups: Vec<GroupSpec>,
     /// Seed of every random choice (sampling, initialisation).
     pub seed: u64,
-    /// Overrides the k-means mini-batch size.
+    /// Overrides the smallest sample size of the k-means sample phase
+    /// ([`KMeansParams::batch_size`](crate::kmeans::KMeansParams::batch_size)).
     pub batch_size: Option<usize>,
     /// Overrides the k-means iteration budget.
     pub max_iter: Option<usize>,
