@@ -159,7 +159,9 @@ class SaveOptions:
             f"{DEFAULT_OUTLIERS}; files with outliers are format 2.0)"
         ),
     )
-    batch_size: int | None = field(default=None, metadata=_help("smallest sample of the k-means sample phase (default 2048)"))
+    batch_size: int | None = field(
+        default=None, metadata=_help("smallest sample of the k-means sample phase (default 2048)")
+    )
     max_iter: int | None = field(default=None, metadata=_help("k-means iteration budget"))
     metadata: dict[str, str] | None = field(
         default=None, metadata=_help("dict of str -> str stored in the file's __metadata__")
