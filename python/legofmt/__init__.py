@@ -4,7 +4,7 @@
 >>> report = legofmt.save(model, "model.lgn", k=256)          # doctest: +SKIP
 >>> state = legofmt.load("model.lgn")                           # doctest: +SKIP
 
-See the README for the method, its accuracy trade-offs and the format.
+See the README and docs/ for the method, its accuracy trade-offs and the format.
 """
 
 from __future__ import annotations

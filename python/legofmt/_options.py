@@ -20,7 +20,7 @@ from typing import Any, Union
 from ._legofmt import MAX_BLOCK_SIDE, MAX_K, MAX_OUTLIER_FRACTION, MAX_STAGES, MIN_K
 from .errors import InvalidArgumentError
 
-#: Defaults, chosen from the measured accuracy tables in the README ("Defaults"): 2x2 blocks
+#: Defaults, chosen from the measured accuracy tables in docs/accuracy.md ("Defaults"): 2x2 blocks
 #: with three residual stages of k=256.
 DEFAULT_K = 256
 DEFAULT_BLOCK = (2, 2)
@@ -31,15 +31,15 @@ DEFAULT_STAGES = 3
 DEFAULT_MIN_SIZE = 4096
 #: The codebook group of the sensitive tensors (depthwise convolutions, tensors under
 #: ``min_size``): 1x1 blocks, k=256, one stage, row scales, i.e. an 8-bit non-uniform scalar
-#: code per row (see the README, "Defaults", for what it buys over 4-bit codes).
+#: code per row (see the docs/accuracy.md, "Defaults", for what it buys over 4-bit codes).
 DEFAULT_SENSITIVE: dict[str, Any] = {"block": (1, 1), "k": 256, "stages": 1, "scale": "row", "outliers": 0.0}
 
 #: Largest ``outliers`` fraction (the format stores each outlier in 8 bytes).
 MAX_OUTLIERS = MAX_OUTLIER_FRACTION
 #: Fraction of each shared-codebook tensor's elements stored exactly by default (format 2.0):
 #: each outlier costs 8 bytes, so 0.1% costs about 0.064 bits per weight. A transformer's few
-#: extreme weights are what a codebook fitted by squared error serves worst (see the README,
-#: "Outliers").
+#: extreme weights are what a codebook fitted by squared error serves worst (see
+#: docs/accuracy.md, "Outliers").
 DEFAULT_OUTLIERS = 0.001
 
 #: The options that select target mode (see :mod:`legofmt._target`).

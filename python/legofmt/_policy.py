@@ -9,7 +9,7 @@ The rules, in order (the first that applies decides):
    *sensitive*, unless ``cluster_depthwise`` puts them into the shared codebook: each of their
    rows is a whole 3x3/5x5 filter with nothing to share, and clustering them with the other
    layers' blocks, or into 4-bit scalar codebooks, breaks networks built on them (see the
-   README, "Defaults");
+   docs/accuracy.md, "Defaults");
 5. tensors with fewer than ``min_size`` elements (default 4096) are *sensitive*: tiny layers
    (first convolutions, small classifiers) are the ones a shared codebook hurts most;
 6. tensors whose 2-D view is smaller than one block of the shared codebook (``shape[0] < bh``
@@ -18,7 +18,7 @@ The rules, in order (the first that applies decides):
 
 Sensitive tensors are clustered into a codebook group of their own (by default 1x1 blocks,
 k=256, row scales: an 8-bit non-uniform scalar code per row, a quarter of their fp32 bytes and
-close to lossless; see the README, "Defaults"), or stay raw with ``sensitive="raw"``. A
+close to lossless; see the docs/accuracy.md, "Defaults"), or stay raw with ``sensitive="raw"``. A
 sensitive tensor with fewer than :data:`MIN_CLUSTERED` elements stays raw: the header entries of
 its indices and scales would cost more than clustering saves; so does one smaller than one
 block of that codebook.

@@ -32,7 +32,7 @@ def save(
     are (see :mod:`legofmt._policy`). Options: see :data:`SAVE_OPTIONS`. The file is written
     to a temporary file and renamed, so a failure never leaves a partial file.
 
-    ``block=None`` means the default, 2x2 (see the README, "Defaults"). With ``target_ratio=``
+    ``block=None`` means the default, 2x2 (see the docs/accuracy.md, "Defaults"). With ``target_ratio=``
     and/or ``max_error=`` the block shape and stage count are searched instead (see
     :mod:`legofmt._target`); the report's ``search`` lists every configuration tried.
 

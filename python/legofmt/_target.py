@@ -15,11 +15,11 @@ file's all-in ratio and the relative MSE of every clustered tensor, and keeps
 * with both: the smallest file meeting both, else the closest to ``max_error`` at ratio ``r``.
 
 ``max_error`` bounds the worst tensor because one badly clustered layer is enough to break a
-network (see the README's accuracy tables). ``target_ratio`` ranks by the mean over tensors
+network (see the accuracy tables in docs/accuracy.md). ``target_ratio`` ranks by the mean over tensors
 (each layer's error adding to the output's, to first order), because with per-tensor stages the
 worst tensor alone is a poor ranking: it prefers a uniform plan over one that gives a tensor
 which tolerates it fewer stages, with a slightly worse worst tensor but a far lower mean (see
-the README, "Target mode").
+docs/accuracy.md, "Target mode").
 
 Every candidate is reported in ``SaveReport.search``, with the Pareto-optimal ones marked. The
 search shows one progress display for all the files it writes ("candidate 3/28: ...").
@@ -63,7 +63,7 @@ CANDIDATES: list[dict[str, Any]] = [
 
 #: Each built-in candidate is also tried with this many times fewer codewords: on a small model
 #: the codebooks are a large share of the file (a 4x4, k=256 codebook is 16 KiB), and there
-#: fewer codewords buy more accuracy per byte (see the README, "Target mode"). Not with
+#: fewer codewords buy more accuracy per byte (see docs/accuracy.md, "Target mode"). Not with
 #: ``max_error`` alone: a worst-tensor bound does not see that fewer codewords raise every
 #: tensor's error at once, so it would pick smaller, less accurate files.
 SMALL_K_DIVISOR = 4
@@ -248,7 +248,7 @@ def _error_weights(found: Any) -> dict[str, float]:
     ``torch.nn.Module`` that ``torch.fx`` traces, the layers inside residual branches count with
     their branch's share of the variance at the sum, from the batch norms' statistics (see
     :func:`legofmt._bias._residual_weights`); everything else counts 1. Data-free (what it does
-    to accuracy: the README, "Target mode")."""
+    to accuracy: docs/accuracy.md, "Target mode")."""
     return {} if found is None else dict(found.weights)
 
 

@@ -1,6 +1,6 @@
 //! k-means for small vectors (flattened weight blocks, at most 64 values), built for many
 //! points: it aims at the quality of many full-data Lloyd iterations at the cost of a few
-//! nearest-centroid passes over the data (the README, "Benchmarks: k-means", has the figures).
+//! nearest-centroid passes over the data (docs/benchmarks.md, "k-means", has the figures).
 //!
 //! [`fit`] runs four stages, each reported through the progress callback:
 //!

@@ -14,7 +14,7 @@ pub const DEFAULT_TOL: f64 = 1e-4;
 /// Default number of full-data Lloyd iterations after the sample phase: none. The sample phase
 /// ends on the whole data set when it is small (`n <= 2304 k`); on larger data sets its last
 /// sample (`48 sqrt(n k)` points) already gives the quality full-data iterations would reach
-/// on weight blocks (see the README, "Benchmarks: k-means"), and a full-data iteration would
+/// on weight blocks (see docs/benchmarks.md, "k-means"), and a full-data iteration would
 /// cost a whole extra assignment pass.
 pub const DEFAULT_LLOYD_ITERS: usize = 0;
 /// The initialisation sample holds at least this many points by default (or all of them).
