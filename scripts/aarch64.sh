@@ -6,8 +6,10 @@
 # usage: scripts/aarch64.sh [MODE] [FILE...]
 #   all        (default) install, then `test`, then `compare`
 #   install    install the cross toolchain (apt; idempotent, non-interactive)
-#   test       cross-build `cargo test -p legofmt --no-run`, run every test binary under
-#              qemu-aarch64, one test at a time with its own time limit, and print a summary
+#   test       for each feature set (the default features, then --no-default-features):
+#              cross-build `cargo test -p legofmt --no-run`, run every test binary under
+#              qemu-aarch64, one test at a time with its own time limit, and print a summary;
+#              fails if a test fails, times out or is ignored
 #   compare [FILE...]
 #              build `lgn` (release) for x86-64 and aarch64 and run `info`, `verify` and
 #              `decode` with both on each FILE (default: every vector of spec/vectors/manifest.json,
@@ -16,7 +18,9 @@
 #
 # Environment:
 #   AARCH64_TEST_TIMEOUT   seconds allowed per test under qemu (default 900)
-#   AARCH64_CARGO_ARGS     extra cargo arguments, e.g. "--no-default-features"
+#   AARCH64_FEATURE_SETS   the feature sets `test` runs, in order (default
+#                          "default no-default-features"; `compare` builds the default features)
+#   AARCH64_CARGO_ARGS     extra cargo arguments for every build, e.g. "-j 1"
 #   AARCH64_SKIP_INSTALL=1 do not touch apt (fail if something is missing)
 #
 # Why Debian's toolchain: the rustup toolchain here cannot add targets (no network to
@@ -37,6 +41,18 @@ TARGET=aarch64-unknown-linux-gnu
 TARGET_DIR="$ROOT/target/aarch64"
 TEST_TIMEOUT=${AARCH64_TEST_TIMEOUT:-900}
 read -r -a EXTRA_CARGO_ARGS <<<"${AARCH64_CARGO_ARGS:-}"
+read -r -a FEATURE_SETS <<<"${AARCH64_FEATURE_SETS:-default no-default-features}"
+[ ${#FEATURE_SETS[@]} -gt 0 ] || FEATURE_SETS=(default no-default-features)
+for set in "${FEATURE_SETS[@]}"; do
+    case "$set" in
+    default | no-default-features) ;;
+    *)
+        echo "aarch64.sh: unknown feature set '$set' in AARCH64_FEATURE_SETS" \
+            "(expected default or no-default-features)" >&2
+        exit 2
+        ;;
+    esac
+done
 
 MODE=${1:-all}
 [ $# -gt 0 ] && shift
@@ -181,18 +197,23 @@ locked_hint() {
 # Test
 # ---------------------------------------------------------------------------------------------
 
+# do_test SET: build and run the tests of one feature set (default | no-default-features).
+# Each set is built and then run before the next is built: the CLI test runs the `lgn` binary
+# of target/aarch64/.../debug, which each build overwrites with its own features.
 do_test() {
-    local t0 json
+    local set=$1 t0 json
+    local args=("${EXTRA_CARGO_ARGS[@]}")
+    [ "$set" = no-default-features ] && args=(--no-default-features "${args[@]}")
     t0=$(now)
-    log "build: cargo test -p legofmt --target $TARGET --no-run ${EXTRA_CARGO_ARGS[*]}"
+    log "[$set] build: cargo test -p legofmt --target $TARGET --no-run ${args[*]}"
     json=$(mktemp)
     if ! deb_cargo test -p legofmt --target "$TARGET" --no-run --locked \
-        --message-format=json-render-diagnostics "${EXTRA_CARGO_ARGS[@]}" >"$json"; then
+        --message-format=json-render-diagnostics "${args[@]}" >"$json"; then
         locked_hint
         rm -f "$json"
-        die "the aarch64 build failed"
+        die "[$set] the aarch64 build failed"
     fi
-    TIMES[build]=$(elapsed "$t0")
+    TIMES[build:$set]=$(elapsed "$t0")
     # Test executables from cargo's JSON messages: "name<TAB>path" per line.
     local bins
     bins=$(python3 - "$json" <<'EOF'
@@ -208,7 +229,7 @@ for line in open(sys.argv[1]):
 EOF
 )
     rm -f "$json"
-    [ -n "$bins" ] || die "cargo produced no test binaries"
+    [ -n "$bins" ] || die "[$set] cargo produced no test binaries"
     local lgn_bin="$TARGET_DIR/$TARGET/debug/lgn"
     [ -x "$lgn_bin" ] || die "the aarch64 lgn binary was not built ($lgn_bin)"
 
@@ -216,7 +237,7 @@ EOF
     local passed=0 failed=0 ignored=0 total=0 failures=() slow=()
     local name bin tests t out rc dt res
     while IFS=$'\t' read -r name bin; do
-        log "run under qemu-aarch64: $name ($(basename "$bin"))"
+        log "[$set] run under qemu-aarch64: $name ($(basename "$bin"))"
         # List the tests, then run each alone (exact name) with its own time limit, so a hang
         # or a crash is pinned to one test and every test gets a time.
         if ! tests=$(cd "$ROOT/rust/legofmt" && qemu-aarch64 "$bin" --list --format terse 2>&1); then
@@ -260,20 +281,25 @@ EOF
             slow+=("$dt $name::$t")
         done <<<"$tests"
     done <<<"$bins"
-    TIMES[qemu]=$(elapsed "$t0")
+    TIMES[qemu:$set]=$(elapsed "$t0")
 
-    log "aarch64 test summary"
+    log "[$set] aarch64 test summary"
     echo "test binaries: $(printf '%s\n' "$bins" | wc -l)"
     echo "tests: $total  passed: $passed  failed: $failed  ignored: $ignored"
     echo "slowest under qemu:"
     printf '%s\n' "${slow[@]}" | sort -rn | head -n 5 | awk '{ printf "  %7.1fs  %s\n", $1, $2 }'
     echo "(doctests are not run: cross-compiled doctests need nightly's -Zdoctest-xcompile)"
+    TEST_TOTALS+=("$set: $total tests, $passed passed, $failed failed, $ignored ignored")
+    [ $total -gt 0 ] || die "[$set] no tests ran"
     if [ $failed -gt 0 ]; then
         printf '  failed: %s\n' "${failures[@]}"
         return 1
     fi
-    [ $total -gt 0 ] || die "no tests ran"
-    TEST_TOTALS="$passed passed, $failed failed, $ignored ignored"
+    # An ignored test is one that did not run: like a skipped Python test, it fails the run.
+    if [ $ignored -gt 0 ]; then
+        echo "  $ignored ignored test(s): every test must run (remove the #[ignore])"
+        return 1
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +454,7 @@ EOF
 
 # ---------------------------------------------------------------------------------------------
 
-TEST_TOTALS=
+TEST_TOTALS=()
 COMPARE_TOTALS=
 status=0
 T_ALL=$(now)
@@ -443,17 +469,25 @@ if [ "$MODE" != install ]; then
     find_toolchain
 fi
 if [ "$MODE" = all ] || [ "$MODE" = test ]; then
-    do_test || status=1
+    for set in "${FEATURE_SETS[@]}"; do
+        do_test "$set" || status=1
+    done
 fi
 if [ "$MODE" = all ] || [ "$MODE" = compare ]; then
     do_compare "$@" || status=1
 fi
 
 log "done in $(elapsed "$T_ALL")s"
-for k in install build qemu compare_build compare_run; do
-    [ -n "${TIMES[$k]:-}" ] && printf '  %-14s %ss\n' "$k" "${TIMES[$k]}"
+# Times in the order of the steps: install, each feature set's build and run, compare.
+steps=(install)
+for set in "${FEATURE_SETS[@]}"; do steps+=("build:$set" "qemu:$set"); done
+steps+=(compare_build compare_run)
+for k in "${steps[@]}"; do
+    [ -n "${TIMES[$k]:-}" ] && printf '  %-32s %ss\n' "$k" "${TIMES[$k]}"
 done
-[ -n "$TEST_TOTALS" ] && echo "  aarch64 tests: $TEST_TOTALS"
+for t in "${TEST_TOTALS[@]}"; do
+    echo "  aarch64 tests, $t"
+done
 [ -n "$COMPARE_TOTALS" ] && echo "  lgn x86-64 vs aarch64: $COMPARE_TOTALS"
 if [ $status -ne 0 ]; then
     echo "aarch64.sh: FAILED" >&2

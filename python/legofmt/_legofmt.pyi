@@ -1,10 +1,32 @@
-# Type stubs of the native module (rust/legofmt-py/src/lib.rs); keep in step with it.
+# Type stubs of the native module (rust/legofmt-py/src/lib.rs). `mypy.stubtest` checks them against
+# the compiled module in scripts/test.sh (names, parameters, defaults, classes); the types of
+# parameters and results it cannot see, so keep them in step with the Rust signatures by hand.
 from collections.abc import Callable
 from os import PathLike
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self
+
+# PyO3 fills the module's `__all__` with every name it adds, in the order of `_legofmt()`.
+__all__ = [
+    "compress_to_file",
+    "bits_for_k",
+    "write_safetensors",
+    "pack_indices",
+    "unpack_indices",
+    "kmeans_fit",
+    "Reader",
+    "FORMAT_VERSION",
+    "MIN_K",
+    "MAX_K",
+    "MAX_STAGES",
+    "MAX_BLOCK_SIDE",
+    "MAX_OUTLIER_FRACTION",
+    "MAX_RANK",
+    "__version__",
+]
 
 FORMAT_VERSION: str
 MIN_K: int
@@ -42,8 +64,11 @@ def kmeans_fit(
     max_iter: int | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint32], float, float]: ...
 
+# A `#[pyclass]` without `subclass` cannot be subclassed (hence `@final`); its constructor is
+# `__new__` (`#[new]`): there is no `__init__`.
+@final
 class Reader:
-    def __init__(self, path: str | PathLike[str], verify_checksums: bool = True, mmap: bool = True) -> None: ...
+    def __new__(cls, path: str | PathLike[str], verify_checksums: bool = True, mmap: bool = True) -> Self: ...
     def keys(self) -> list[str]: ...
     def tensor_info(self, name: str) -> tuple[str, list[int]]: ...
     def decode_into(self, name: str, out: npt.NDArray[np.uint8]) -> None: ...
