@@ -14,7 +14,8 @@
 #              build `lgn` (release) for x86-64 and aarch64 and run `info`, `verify` and
 #              `decode` with both on each FILE (default: every vector of spec/vectors/manifest.json,
 #              also checked against its expected tensors or expected rejection; or a generated
-#              file when there are none); fails unless outputs and exit codes are identical
+#              file when there are none); fails unless outputs and exit codes are identical (where the
+#              vector manifest says NaN bits are unspecified, any NaN matches any NaN)
 #
 # Environment:
 #   AARCH64_TEST_TIMEOUT   seconds allowed per test under qemu (default 900)
@@ -307,11 +308,36 @@ EOF
 # ---------------------------------------------------------------------------------------------
 
 # Prints "same" when two safetensors files hold the same tensors (names, dtypes, shapes and
-# data bytes; header layout, data order and metadata may differ), else what differs. No
-# third-party Python package needed.
+# data bytes; header layout, data order and metadata may differ), else what differs. $3 is an
+# optional comma-separated list of tensors whose NaN bits the spec leaves unspecified (NaN from
+# arithmetic, or converted to F16/BF16: the vector manifest's `nan_bits_unspecified`): there a
+# NaN matches any NaN, every other element still bit for bit. Needs numpy only.
 st_same() {
-    python3 - "$1" "$2" <<'EOF'
+    python3 - "$1" "$2" "${3:-}" <<'EOF'
 import json, struct, sys
+
+import numpy as np
+
+NAN_ANY = {n for n in sys.argv[3].split(",") if n}
+FLOATS = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+
+
+def nan_mask(dtype, data):
+    if dtype == "BF16":
+        bits = np.frombuffer(data, "<u2")
+        return ((bits & 0x7F80) == 0x7F80) & ((bits & 0x7F) != 0)
+    return np.isnan(np.frombuffer(data, FLOATS[dtype]))
+
+
+def equal(name, x, y):
+    if x == y:
+        return True
+    if name not in NAN_ANY or x[:2] != y[:2] or len(x[2]) != len(y[2]) or x[0] not in (*FLOATS, "BF16"):
+        return False
+    size = 2 if x[0] in ("F16", "BF16") else int(FLOATS[x[0]][2])
+    a, b = (np.frombuffer(v[2], f"<u{size}") for v in (x, y))
+    na, nb = nan_mask(x[0], x[2]), nan_mask(y[0], y[2])
+    return bool(np.array_equal(na, nb) and np.array_equal(a[~na], b[~nb]))
 
 def load(path):
     with open(path, "rb") as f:
@@ -327,7 +353,7 @@ a, b = load(sys.argv[1]), load(sys.argv[2])
 if a.keys() != b.keys():
     print("tensor names differ:", sorted(a.keys() ^ b.keys()))
     sys.exit(1)
-bad = [k for k in a if a[k] != b[k]]
+bad = [k for k in a if not equal(k, a[k], b[k])]
 if bad:
     print("tensors differ:", ", ".join(sorted(bad)[:10]))
     sys.exit(1)
@@ -361,31 +387,33 @@ do_compare() {
     work=$(mktemp -d "${TMPDIR:-/tmp}/lgn-aarch64-compare.XXXXXX")
     # shellcheck disable=SC2064
     trap "rm -rf '$work'" EXIT
-    # One line per file: "PATH<TAB>KIND<TAB>EXPECTED", KIND = valid | invalid | unknown.
+    # One line per file: "PATH<TAB>KIND<TAB>EXPECTED<TAB>NAN_ANY", KIND = valid | invalid |
+    # unknown, NAN_ANY the comma-separated tensors whose NaN bits are unspecified.
     local list="$work/files.tsv" f
     if [ $# -gt 0 ]; then
-        for f in "$@"; do printf '%s\tunknown\t\n' "$f"; done >"$list"
+        for f in "$@"; do printf '%s\tunknown\t\t\n' "$f"; done >"$list"
     elif [ -f spec/vectors/manifest.json ]; then
         python3 - spec/vectors >"$list" <<'EOF' || die "cannot read spec/vectors/manifest.json"
 import json, os, sys
 root = sys.argv[1]
 for v in json.load(open(os.path.join(root, "manifest.json")))["vectors"]:
     exp = os.path.join(root, v["expected"]) if v.get("expected") else ""
-    print(os.path.join(root, v["file"]), "valid" if v["valid"] else "invalid", exp, sep="\t")
+    nan_any = ",".join(v.get("nan_bits_unspecified", []))
+    print(os.path.join(root, v["file"]), "valid" if v["valid"] else "invalid", exp, nan_any, sep="\t")
 EOF
         echo "using the $(wc -l <"$list") conformance vectors of spec/vectors/manifest.json"
     elif find spec/vectors -name '*.lgn' 2>/dev/null | grep -q .; then
-        find spec/vectors -type f -name '*.lgn' | sort | sed 's/$/\tunknown\t/' >"$list"
+        find spec/vectors -type f -name '*.lgn' | sort | sed 's/$/\tunknown\t\t/' >"$list"
         echo "using the $(wc -l <"$list") .lgn files of spec/vectors (no manifest.json)"
     else
         echo "no spec/vectors: generating a file with the Python package"
         python3 -c "import legofmt, numpy as np; legofmt.save({'w': np.random.default_rng(0).standard_normal((64,48)).astype('float32'), 'b': np.ones(3,'float32')}, '$work/generated.lgn', k=16)" ||
             die "no conformance vectors and the Python package could not generate a file"
-        printf '%s\tunknown\t\n' "$work/generated.lgn" >"$list"
+        printf '%s\tunknown\t\t\n' "$work/generated.lgn" >"$list"
     fi
 
-    local n=0 same=0 differ=0 decoded=0 rejected=0 expected_ok=0 nonconform=0 abs kind exp
-    while IFS=$'\t' read -r f kind exp; do
+    local n=0 same=0 differ=0 decoded=0 rejected=0 expected_ok=0 nonconform=0 abs kind exp nan_any
+    while IFS=$'\t' read -r f kind exp nan_any; do
         n=$((n + 1))
         [ -f "$f" ] || die "no such file: $f"
         abs=$(cd "$(dirname "$f")" && pwd)/$(basename "$f")
@@ -412,18 +440,21 @@ EOF
         rc=$(cat "$a/decode.rc")
         if [ "$rc" = 0 ]; then
             decoded=$((decoded + 1))
-            if ! cmp -s "$a/out.safetensors" "$b/out.safetensors"; then
+            if ! cmp -s "$a/out.safetensors" "$b/out.safetensors" &&
+                ! { [ -n "$nan_any" ] && st_same "$a/out.safetensors" "$b/out.safetensors" "$nan_any" >/dev/null; }; then
                 ok=0
                 echo "  DIFFER    $f: decoded bytes differ between x86-64 and aarch64"
                 cmp "$a/out.safetensors" "$b/out.safetensors" 2>&1 | head -n 3 | sed 's/^/    | /' || true
             fi
             note="decoded $(stat -c %s "$b/out.safetensors") bytes, sha256 $(sha256sum "$b/out.safetensors" | cut -c1-16)"
+            cmp -s "$a/out.safetensors" "$b/out.safetensors" ||
+                note="$note; NaN bits differ between the two where the spec leaves them unspecified"
             if [ "$kind" = invalid ]; then
                 nonconform=$((nonconform + 1))
                 note="$note; NOT REJECTED although the vector is invalid"
             elif [ -n "$exp" ]; then
                 local r
-                if r=$(st_same "$b/out.safetensors" "$exp"); then
+                if r=$(st_same "$b/out.safetensors" "$exp" "$nan_any"); then
                     expected_ok=$((expected_ok + 1))
                     note="$note; equals $(basename "$exp")"
                 else
