@@ -120,7 +120,7 @@ class SaveOptions:
     stages: Stages = field(
         default=DEFAULT_STAGES,
         metadata=_help(
-            f"residual stages (1..16): each clusters what the previous ones left; default {DEFAULT_STAGES}; "
+            f"residual stages (1..{MAX_STAGES}): each clusters what the previous ones left; default {DEFAULT_STAGES}; "
             "or a dict {tensor name or glob pattern: stages} (exact names first, then patterns in order; "
             "'*' sets the rest, else the default)"
         ),
@@ -154,9 +154,9 @@ class SaveOptions:
     outliers: float = field(
         default=DEFAULT_OUTLIERS,
         metadata=_help(
-            "fraction (0..0.5) of each shared-codebook tensor's elements stored exactly, those largest relative "
-            f"to their row's RMS, 8 bytes each, zero for clustering; none where the codebook is exact (default "
-            f"{DEFAULT_OUTLIERS}; files with outliers are format 2.0)"
+            f"fraction (0..{MAX_OUTLIER_FRACTION}) of each shared-codebook tensor's elements stored exactly, those "
+            "largest relative to their row's RMS, 8 bytes each, zero for clustering; none where the codebook is "
+            f"exact (default {DEFAULT_OUTLIERS}; files with outliers are format 2.0)"
         ),
     )
     batch_size: int | None = field(
