@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -136,3 +137,25 @@ def test_a_mutation_run_in_a_subprocess_does_not_crash(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ok"
+
+
+def test_an_empty_tensor_too_wide_for_numpy_is_an_lgn_error(tmp_path):
+    """``[0, 2**63, 4]`` is a valid shape (its byte size is 0, spec section 3) that numpy and
+    torch cannot index: the reader says so with an LgnError naming the tensor, and the other
+    tensors still decode."""
+    header = {
+        "wide": {"dtype": "F32", "shape": [0, 2**63, 4], "data_offsets": [0, 0]},
+        "ok": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+    }
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path = tmp_path / "wide.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + struct.pack("<2f", 1.5, -2.0))
+    for framework in ("np", "pt"):
+        with legofmt.open(path, framework=framework) as f:
+            assert f.dtype_and_shape("wide") == ("F32", (0, 2**63, 4))
+            with pytest.raises(legofmt.LgnError, match=r"'wide'.*cannot represent"):
+                f.get_tensor("wide")
+            with pytest.raises(legofmt.LgnError, match=r"'wide'.*cannot represent"):
+                f.get_rows("wide", 0, 0)
+            assert [float(v) for v in f.get_tensor("ok")] == [1.5, -2.0]

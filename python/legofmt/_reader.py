@@ -5,6 +5,7 @@ package does not shadow the builtin ``open``)."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Union
 
@@ -13,7 +14,7 @@ import numpy as np
 from . import _legofmt
 from ._dtypes import NP_DTYPES, np_name, require_torch, torch_dtypes
 from ._report import FileInfo, TensorInfo
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, LgnError
 
 if TYPE_CHECKING:
     import torch
@@ -76,9 +77,19 @@ class LgnReader:
         dtype, shape = self._r.tensor_info(name)
         return dtype, tuple(shape)
 
+    def _representable(self, name: str, shape: tuple[int, ...]) -> None:
+        """A valid file may hold an empty tensor with a dimension above what numpy and torch
+        index with (``sys.maxsize``): say so instead of letting numpy's error escape."""
+        if any(d > sys.maxsize for d in shape):
+            raise LgnError(
+                f"{self.path}: tensor {name!r} has shape {list(shape)}: a dimension above {sys.maxsize}, "
+                "which numpy and torch cannot represent"
+            )
+
     def get_tensor(self, name: str) -> Any:
         """Decodes one tensor (``torch.Tensor`` or ``numpy.ndarray``, per ``framework``)."""
         dtype, shape = self._r.tensor_info(name)
+        self._representable(name, tuple(shape))
         if self.framework == "np":
             arr = np.empty(shape, dtype=NP_DTYPES[dtype])
             self._r.decode_into(name, arr.reshape(-1).view(np.uint8))
@@ -105,6 +116,7 @@ class LgnReader:
         if not 0 <= start <= stop <= shape[0]:
             raise InvalidArgumentError(f"rows {start}:{stop} are outside tensor {name!r} of {shape[0]} rows")
         out_shape = (stop - start, *shape[1:])
+        self._representable(name, out_shape)
         if self.framework == "np":
             arr = np.empty(out_shape, dtype=NP_DTYPES[dtype])
             self._r.decode_rows_into(name, start, stop, arr.reshape(-1).view(np.uint8))
