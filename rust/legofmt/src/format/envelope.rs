@@ -109,13 +109,6 @@ impl Envelope {
             field: Some("header".into()),
             message: format!("header is not valid safetensors JSON: {e}"),
         })?;
-        // Tensor names and entry fields are checked for duplicates while parsing; this also
-        // covers `__metadata__`'s keys (a serde map would keep the last value silently).
-        super::json::check_unique_members(text).map_err(|e| LgnError::Format {
-            tensor: None,
-            field: Some("header".into()),
-            message: format!("header is not valid safetensors JSON: {e}"),
-        })?;
         let data_len = file_len - (PREFIX_LEN + header.len()) as u64;
         Self::from_entries(entries, header.len(), data_len)
     }
@@ -265,7 +258,7 @@ impl<'de> Deserialize<'de> for HeaderEntries {
                         return Err(de::Error::custom(format!("duplicate name `{key}`")));
                     }
                     if key == METADATA_KEY {
-                        metadata = Some(m.next_value::<BTreeMap<String, String>>()?);
+                        metadata = Some(m.next_value::<UniqueStringMap>()?.0);
                     } else {
                         if tensors.len() >= MAX_TENSORS {
                             let _ = m.next_value::<IgnoredAny>()?;
@@ -280,6 +273,39 @@ impl<'de> Deserialize<'de> for HeaderEntries {
                     }
                 }
                 Ok(HeaderEntries { tensors, metadata })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `__metadata__`: a string-to-string map whose keys are unique (a serde map would keep the
+/// last of two equal keys silently).
+struct UniqueStringMap(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for UniqueStringMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UniqueStringMap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<UniqueStringMap, A::Error> {
+                let mut map = BTreeMap::new();
+                while let Some(key) = m.next_key::<String>()? {
+                    let value = m.next_value::<String>()?;
+                    if map.contains_key(&key) {
+                        return Err(de::Error::custom(format!(
+                            "duplicate key `{key}` in `{METADATA_KEY}`"
+                        )));
+                    }
+                    map.insert(key, value);
+                }
+                Ok(UniqueStringMap(map))
             }
         }
         d.deserialize_map(V)

@@ -21,7 +21,7 @@ use crate::bitpack;
 use crate::blocks::{BlockShape, Grid};
 use crate::dtype::Dtype;
 use crate::error::{LgnError, Result};
-use crate::limits::MAX_K;
+use crate::limits::{MAX_K, MIN_K};
 use crate::scale::ScaleMode;
 
 /// One residual stage of a clustered tensor.
@@ -290,11 +290,11 @@ impl Contents {
 fn codebook(claims: &mut Claims<'_>, ci: usize, cb: &CodebookEntry) -> Result<Codebook> {
     let field = format!("codebooks[{ci}]");
     let (i, st) = claims.take(&cb.tensor, &field, &cb.tensor)?;
-    if !(2..=MAX_K).contains(&cb.k) {
+    if !(MIN_K..=MAX_K).contains(&cb.k) {
         return Err(fmt_err(
             &cb.tensor,
             &field,
-            format!("k={} is outside 2..={MAX_K}", cb.k),
+            format!("k={} is outside {MIN_K}..={MAX_K}", cb.k),
         ));
     }
     if cb.bits != bitpack::bits_for_k(cb.k) {

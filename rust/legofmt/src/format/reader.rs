@@ -602,9 +602,7 @@ fn load_codebooks(
 ) -> Result<()> {
     for cb in codebooks {
         let st = &stored[cb.stored];
-        let bytes = pieces.whole_checked(st)?;
-        let mut values = vec![0f32; st.numel()];
-        crate::dtype::float_bytes_to_f32(Dtype::F32, &bytes, &mut values);
+        let values = pieces.read_f32s(st, 0..st.numel(), true)?;
         if let Some(p) = values.iter().position(|v| !v.is_finite()) {
             return Err(LgnError::tensor_format(
                 &st.name,

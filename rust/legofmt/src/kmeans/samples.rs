@@ -28,7 +28,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::assign::Slot;
+use super::assign::{inertia_of, Slot};
 use super::means::assign_sum;
 use super::packed::Packed;
 use super::params::ValidKMeansParams;
@@ -128,7 +128,7 @@ pub(crate) fn run(
             let (counts, sums, relocated) =
                 assign_sum(isa, points, &packed, level_slots, &mut tick)?;
             used += s;
-            let inertia: f64 = level_slots.iter().map(|q| f64::from(q.dist)).sum();
+            let inertia = inertia_of(level_slots);
             let converged = previous.is_some_and(|p| p - inertia <= level_tol * inertia);
             if previous.is_some_and(|p| inertia > p) {
                 vel.fill(0.0);
