@@ -48,7 +48,7 @@ import fixtures
 import legofmt
 import pareto
 from legofmt._policy import SHARED, decide
-from legofmt._report import _option_text
+from legofmt._report import options_text
 
 
 def effnet() -> tuple[Any, torch.Tensor, np.ndarray[Any, Any]]:
@@ -430,7 +430,7 @@ def main() -> None:
             if report.search:  # target mode: say what it chose
                 chosen = next(x for x in report.search if x.chosen).options
                 goal = "target_ratio" if "target_ratio" in c else "max_error"
-                label = f"{label}, {goal}={c[goal]}: " + ", ".join(_option_text(k, v) for k, v in chosen.items())
+                label = f"{label}, {goal}={c[goal]}: " + options_text(chosen)
             row(label, os.path.getsize(path), m, secs)  # finetune's metadata note included
     if a.plot:
         os.makedirs(os.path.dirname(os.path.abspath(a.plot)), exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,11 +79,16 @@ def _option_text(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
+def options_text(options: Mapping[str, Any]) -> str:
+    """A candidate's options as ``key=value, ...`` (see :func:`_option_text`)."""
+    return ", ".join(_option_text(k, v) for k, v in options.items())
+
+
 def search_table(candidates: list[Candidate]) -> str:
     """The candidates as a text table, best ratio first."""
     rows = [
         [
-            ", ".join(_option_text(k, v) for k, v in c.options.items()),
+            options_text(c.options),
             f"{c.ratio:.2f}x",
             f"{c.max_rel_mse:.2e}",
             f"{c.mean_rel_mse:.2e}",

@@ -38,7 +38,7 @@ from ._compress import compress_file
 from ._legofmt import MAX_STAGES
 from ._options import SaveOptions
 from ._progress import ProgressLine, enabled
-from ._report import Candidate, SaveReport, _option_text
+from ._report import Candidate, SaveReport, options_text
 from .errors import InvalidArgumentError
 
 #: Configurations tried, from the smallest files to the largest, with the given k; with
@@ -90,7 +90,7 @@ class _Trials:
         """Saves ``obj`` with the search's options and ``opts`` to a new file, records it."""
         i = len(self.tried)
         path = os.path.join(self.tmp, f"{i}.lgn")
-        what = ", ".join(_option_text(k, v) for k, v in opts.items())
+        what = options_text(opts)
         if i < self.planned:
             prefix = f"candidate {i + 1}/{self.planned} ({what}): "
         else:
